@@ -1,0 +1,27 @@
+"""The Python face of every mmfast op.
+
+Each op takes ``backend=None`` (the process default, see :func:`set_default_backend`),
+``"mmfast"`` (compiled CPU/CUDA kernels) or ``"torch"`` (the pure-PyTorch reference
+of the same op, used by tests and benchmarks).
+"""
+from mmfast.ops._backend import get_default_backend, set_default_backend, use_backend
+from mmfast.ops.graph import (
+    layer_coefficients,
+    propagate,
+    propagate_reference,
+    spmm,
+    spmm_reference,
+)
+from mmfast.ops.sparse_graph import SparseGraph
+
+__all__ = [
+    "SparseGraph",
+    "get_default_backend",
+    "layer_coefficients",
+    "propagate",
+    "propagate_reference",
+    "set_default_backend",
+    "spmm",
+    "spmm_reference",
+    "use_backend",
+]

@@ -1,0 +1,271 @@
+"""SparseGraph: a validated CSR matrix with its transpose built once and cached."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_VALUE_DTYPES = (torch.float32, torch.float64)
+
+
+class SparseGraph:
+    """A sparse matrix in CSR form, checked on construction, as the graph ops take it.
+
+    ``rowptr`` (int64, ``n_rows + 1``), ``col`` (int32 or int64, ``nnz``) and ``val``
+    (float32 or float64, ``nnz``) live on one device. Columns inside a row need not be
+    sorted; repeated columns in a row add up. The transpose, which every backward pass
+    multiplies by, is built on first use and kept (``is_symmetric=True`` makes it the
+    graph itself).
+    """
+
+    def __init__(
+        self,
+        rowptr: torch.Tensor,
+        col: torch.Tensor,
+        val: torch.Tensor,
+        shape: Sequence[int],
+        *,
+        is_symmetric: bool = False,
+        validate: bool = True,
+    ) -> None:
+        if len(shape) != 2:
+            raise ValueError(f"SparseGraph: shape must have two entries, got {tuple(shape)}")
+        self.rowptr, self.col, self.val = rowptr, col, val
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.is_symmetric = bool(is_symmetric)
+        if validate:
+            self._validate()
+        self._transpose: SparseGraph | None = self if self.is_symmetric else None
+        self._torch_csr: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_coo(
+        cls,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        vals: torch.Tensor | None,
+        shape: Sequence[int],
+        *,
+        sum_duplicates: bool = True,
+        is_symmetric: bool = False,
+    ) -> "SparseGraph":
+        """Build from coordinate lists (any order). ``vals=None`` means all ones.
+
+        Repeated (row, col) pairs are summed into one entry unless ``sum_duplicates=False``.
+        """
+        rows = torch.as_tensor(rows)
+        cols = torch.as_tensor(cols)
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        if rows.dim() != 1 or cols.dim() != 1 or rows.numel() != cols.numel():
+            raise ValueError(
+                f"SparseGraph.from_coo: rows and cols must be 1-D of equal length, got "
+                f"{tuple(rows.shape)} and {tuple(cols.shape)}"
+            )
+        for name, idx, bound in (("rows", rows, n_rows), ("cols", cols, n_cols)):
+            if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+                raise TypeError(f"SparseGraph.from_coo: {name} must be integers, got {idx.dtype}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+                raise ValueError(
+                    f"SparseGraph.from_coo: {name} holds indices outside [0, {bound}): "
+                    f"min {int(idx.min())}, max {int(idx.max())}"
+                )
+        if vals is None:
+            vals = torch.ones(rows.numel(), dtype=torch.float32, device=rows.device)
+        vals = torch.as_tensor(vals)
+        if vals.shape != rows.shape:
+            raise ValueError(
+                f"SparseGraph.from_coo: vals must match rows in shape, got {tuple(vals.shape)} "
+                f"and {tuple(rows.shape)}"
+            )
+        rows, cols = rows.long(), cols.long()
+        key = rows * n_cols + cols
+        key, order = torch.sort(key, stable=True)
+        vals = vals[order]
+        if sum_duplicates and key.numel():
+            key, inverse = torch.unique_consecutive(key, return_inverse=True)
+            vals = torch.zeros(key.numel(), dtype=vals.dtype, device=vals.device).index_add_(
+                0, inverse, vals
+            )
+        rows, cols = key // max(n_cols, 1), key % max(n_cols, 1)
+        rowptr = _rowptr_from_rows(rows, n_rows)
+        col_dtype = torch.int32 if n_cols < 2**31 else torch.int64
+        return cls(rowptr, cols.to(col_dtype), vals, (n_rows, n_cols), is_symmetric=is_symmetric)
+
+    @classmethod
+    def from_torch(cls, t: torch.Tensor, *, is_symmetric: bool = False) -> "SparseGraph":
+        """Build from a torch sparse COO or CSR tensor, or a dense 2-D tensor."""
+        if t.dim() != 2:
+            raise ValueError(f"SparseGraph.from_torch: need a 2-D tensor, got {t.dim()}-D")
+        if t.layout == torch.sparse_csr:
+            return cls(
+                t.crow_indices().long(), t.col_indices(), t.values(), t.shape,
+                is_symmetric=is_symmetric,
+            )
+        if t.layout == torch.strided:
+            t = t.to_sparse()
+        if t.layout != torch.sparse_coo:
+            raise TypeError(f"SparseGraph.from_torch: unsupported layout {t.layout}")
+        t = t.coalesce()
+        rows, cols = t.indices()
+        return cls.from_coo(rows, cols, t.values(), t.shape, is_symmetric=is_symmetric)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.rowptr.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.val.dtype
+
+    @property
+    def T(self) -> "SparseGraph":
+        """The transpose, built on first use and cached."""
+        if self._transpose is None:
+            self._transpose = self._build_transpose()
+            self._transpose._transpose = self
+        return self._transpose
+
+    def row_indices(self) -> torch.Tensor:
+        """The row of every stored entry (COO rows), int64."""
+        counts = self.rowptr[1:] - self.rowptr[:-1]
+        return torch.repeat_interleave(
+            torch.arange(self.n_rows, device=self.device), counts, output_size=self.nnz
+        )
+
+    def degrees(self) -> torch.Tensor:
+        """Stored entries per row, int64."""
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+    # ------------------------------------------------------------------ conversion
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "SparseGraph":
+        """A copy on ``device`` with values of ``dtype`` (the transpose moves with it)."""
+        device = self.device if device is None else torch.device(device)
+        dtype = self.dtype if dtype is None else dtype
+        if device == self.device and dtype == self.dtype:
+            return self
+        moved = SparseGraph(
+            self.rowptr.to(device), self.col.to(device), self.val.to(device, dtype), self.shape,
+            is_symmetric=self.is_symmetric, validate=False,
+        )
+        if self._transpose is not None and not self.is_symmetric:
+            t = self._transpose
+            moved._transpose = SparseGraph(
+                t.rowptr.to(device), t.col.to(device), t.val.to(device, dtype), t.shape,
+                validate=False,
+            )
+            moved._transpose._transpose = moved
+        return moved
+
+    def to_torch(self) -> torch.Tensor:
+        """The same matrix as a torch sparse CSR tensor (cached; shares storage)."""
+        if self._torch_csr is None:
+            self._torch_csr = torch.sparse_csr_tensor(
+                self.rowptr, self.col.long(), self.val, self.shape
+            )
+        return self._torch_csr
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense copy; repeated columns in a row are summed."""
+        dense = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        return dense.index_put_((self.row_indices(), self.col.long()), self.val, accumulate=True)
+
+    def __repr__(self) -> str:
+        sym = ", symmetric" if self.is_symmetric else ""
+        return (
+            f"SparseGraph(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, "
+            f"device={self.device}{sym})"
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _validate(self) -> None:
+        rowptr, col, val = self.rowptr, self.col, self.val
+        n_rows, n_cols = self.shape
+        where = f"SparseGraph{self.shape}"
+        if n_rows < 0 or n_cols < 0:
+            raise ValueError(f"{where}: shape must be non-negative")
+        if not (isinstance(rowptr, torch.Tensor) and isinstance(col, torch.Tensor)
+                and isinstance(val, torch.Tensor)):
+            raise TypeError(f"{where}: rowptr, col and val must be tensors")
+        if rowptr.dtype != torch.int64 or rowptr.dim() != 1:
+            raise TypeError(
+                f"{where}: rowptr must be a 1-D int64 tensor, got {rowptr.dim()}-D {rowptr.dtype}"
+            )
+        if col.dtype not in _INDEX_DTYPES or col.dim() != 1:
+            raise TypeError(
+                f"{where}: col must be a 1-D int32 or int64 tensor, got {col.dim()}-D {col.dtype}"
+            )
+        if val.dtype not in _VALUE_DTYPES or val.dim() != 1:
+            raise TypeError(
+                f"{where}: val must be a 1-D float32 or float64 tensor, got {val.dim()}-D {val.dtype}"
+            )
+        if not (rowptr.device == col.device == val.device):
+            raise ValueError(
+                f"{where}: rowptr, col and val must share a device, got {rowptr.device}, "
+                f"{col.device} and {val.device}"
+            )
+        if rowptr.numel() != n_rows + 1:
+            raise ValueError(
+                f"{where}: rowptr must have n_rows + 1 = {n_rows + 1} entries, got {rowptr.numel()}"
+            )
+        if col.numel() != val.numel():
+            raise ValueError(
+                f"{where}: col and val must have one entry per nonzero, got {col.numel()} and "
+                f"{val.numel()}"
+            )
+        nnz = col.numel()
+        if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
+            raise ValueError(
+                f"{where}: rowptr must start at 0 and end at nnz = {nnz}, got "
+                f"{int(rowptr[0])} ... {int(rowptr[-1])}"
+            )
+        if n_rows and bool((rowptr[1:] < rowptr[:-1]).any()):
+            bad = int((rowptr[1:] < rowptr[:-1]).nonzero()[0])
+            raise ValueError(
+                f"{where}: rowptr must be non-decreasing (sorted CSR); rowptr[{bad + 1}] = "
+                f"{int(rowptr[bad + 1])} < rowptr[{bad}] = {int(rowptr[bad])}"
+            )
+        if nnz:
+            lo, hi = int(col.min()), int(col.max())
+            if lo < 0 or hi >= n_cols:
+                raise ValueError(
+                    f"{where}: col holds column indices outside [0, {n_cols}): min {lo}, max {hi}"
+                )
+            if not bool(torch.isfinite(val).all()):
+                raise ValueError(f"{where}: val holds NaN or infinite values")
+        if self.is_symmetric and n_rows != n_cols:
+            raise ValueError(f"{where}: is_symmetric=True needs a square graph")
+
+    def _build_transpose(self) -> "SparseGraph":
+        rows = self.row_indices()
+        # A stable sort by column keeps rows ascending inside each transposed row.
+        col_sorted, order = torch.sort(self.col.long(), stable=True)
+        rowptr_t = _rowptr_from_rows(col_sorted, self.n_cols)
+        row_dtype = torch.int32 if self.n_rows < 2**31 else torch.int64
+        return SparseGraph(
+            rowptr_t, rows[order].to(row_dtype), self.val[order], (self.n_cols, self.n_rows),
+            validate=False,
+        )
+
+
+def _rowptr_from_rows(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    rowptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
+    if rows.numel():
+        torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=rowptr[1:])
+    return rowptr
