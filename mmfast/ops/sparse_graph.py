@@ -1,6 +1,7 @@
 """SparseGraph: a validated CSR matrix with its transpose built once and cached."""
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -176,9 +177,11 @@ class SparseGraph:
     def to_torch(self) -> torch.Tensor:
         """The same matrix as a torch sparse CSR tensor (cached; shares storage)."""
         if self._torch_csr is None:
-            self._torch_csr = torch.sparse_csr_tensor(
-                self.rowptr, self.col.long(), self.val, self.shape
-            )
+            with warnings.catch_warnings():  # torch flags sparse CSR as beta on every build
+                warnings.simplefilter("ignore", UserWarning)
+                self._torch_csr = torch.sparse_csr_tensor(
+                    self.rowptr, self.col.long(), self.val, self.shape, check_invariants=False
+                )
         return self._torch_csr
 
     def to_dense(self) -> torch.Tensor:

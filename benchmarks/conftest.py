@@ -1,0 +1,116 @@
+"""Benchmark plumbing: device choice, peak-memory measurement, and the mmfast-vs-torch summary.
+
+Every benchmark runs one workload on both backends. ``compare`` times it with
+pytest-benchmark, measures its peak memory, and records both so that the session ends with
+a table of ratios (torch time / mmfast time, and each side's peak memory) measured in the
+same run. Set ``MMFAST_BENCH_JSON=path`` to also write that table as JSON.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+from collections import defaultdict
+from typing import Callable
+
+import pytest
+import torch
+
+DEVICE = torch.device(
+    os.environ.get("MMFAST_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+)
+_RESULTS: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> float:
+    """Extra memory at the peak of one call of ``fn``, in MiB, over what was held before.
+
+    CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark
+    (VmHWM, reset through /proc/self/clear_refs), which large tensor allocations (mmap'd by
+    glibc and returned on free) track closely.
+    """
+    gc.collect()
+    if DEVICE.type == "cuda":
+        synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return float("nan")
+    before = _rss_kib("VmRSS")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+@pytest.fixture
+def compare(benchmark):
+    """``compare(group, backend, fn, rounds)``: time ``fn`` and record it for the summary."""
+
+    def run(group: str, backend: str, fn: Callable[[], object], rounds: int = 5) -> None:
+        def call() -> None:
+            fn()
+            synchronize()
+
+        call()  # warm-up: caches, lazy transposes, CUDA context
+        peak = peak_memory_mib(call)
+        benchmark.group = group
+        benchmark.extra_info.update(backend=backend, peak_mib=round(peak, 1), device=str(DEVICE))
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+        _RESULTS[group][backend] = {"median_s": benchmark.stats.stats.median, "peak_mib": peak}
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    rows = []
+    for group, by_backend in sorted(_RESULTS.items()):
+        fast, ref = by_backend.get("mmfast"), by_backend.get("torch")
+        if not fast:
+            continue
+        speedup = ref["median_s"] / fast["median_s"] if ref else float("nan")
+        mem_ratio = fast["peak_mib"] / ref["peak_mib"] if ref and ref["peak_mib"] > 0 else float("nan")
+        rows.append({
+            "group": group,
+            "mmfast_ms": fast["median_s"] * 1e3,
+            "torch_ms": ref["median_s"] * 1e3 if ref else float("nan"),
+            "speedup": speedup,
+            "mmfast_peak_mib": fast["peak_mib"],
+            "torch_peak_mib": ref["peak_mib"] if ref else float("nan"),
+            "memory_ratio": mem_ratio,
+        })
+    device = torch.cuda.get_device_name() if DEVICE.type == "cuda" else platform.processor() or "cpu"
+    tr = terminalreporter
+    tr.section(f"mmfast vs pure PyTorch on {DEVICE} ({device}, {torch.get_num_threads()} threads)")
+    tr.write_line(f"{'group':<40} {'mmfast ms':>10} {'torch ms':>10} {'speedup':>8} "
+                  f"{'mmfast MiB':>11} {'torch MiB':>10} {'mem ratio':>9}")
+    for r in rows:
+        tr.write_line(f"{r['group']:<40} {r['mmfast_ms']:>10.2f} {r['torch_ms']:>10.2f} "
+                      f"{r['speedup']:>7.2f}x {r['mmfast_peak_mib']:>11.1f} "
+                      f"{r['torch_peak_mib']:>10.1f} {r['memory_ratio']:>9.2f}")
+    path = os.environ.get("MMFAST_BENCH_JSON")
+    if path:
+        with open(path, "w") as out:
+            json.dump({"device": str(DEVICE), "device_name": device,
+                       "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "results": rows}, out, indent=2)
