@@ -254,6 +254,14 @@ def build_dataset(
         )
         users, items, labels = users[first], items[first], labels[first]
 
+    features = dict(features or {})
+    for m, arr in features.items():
+        if arr.ndim != 2 or arr.shape[0] != n_items or arr.dtype != np.float32:
+            raise DataFormatError(
+                f"{where}: features {m!r} must be float32 [n_items={n_items}, d], got "
+                f"{arr.dtype} {tuple(arr.shape)}"
+            )
+
     parts: dict[str, Interactions] = {}
     dropped: dict[str, Interactions] = {}
     in_train = np.zeros(n_users, dtype=bool)
@@ -283,7 +291,7 @@ def build_dataset(
             stacklevel=3,
         )
     return Dataset(
-        name=name, n_users=n_users, n_items=n_items, features=dict(features or {}),
+        name=name, n_users=n_users, n_items=n_items, features=features,
         source=source, cold_start=dropped, **parts,
     )
 
