@@ -1,0 +1,202 @@
+"""The in-memory dataset: interactions per split as per-user CSR, plus item features."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # imported lazily at run time to keep this module light
+    from mmfast.data.sampler import NegativeSampler
+    from mmfast.ops.sparse_graph import SparseGraph
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the expected layout or content."""
+
+
+class Interactions:
+    """(user, item) pairs grouped by user as CSR: ``rowptr`` (int64, n_users + 1) and ``items``.
+
+    Items inside a user's row are sorted ascending and unique, so two sets of the same pairs
+    always have identical arrays (the graph cache keys on that).
+    """
+
+    def __init__(self, rowptr: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
+        if rowptr.dtype != torch.int64 or rowptr.numel() != n_users + 1:
+            raise ValueError(f"Interactions: rowptr must be int64 with {n_users + 1} entries")
+        if items.dtype != torch.int64 or items.numel() != int(rowptr[-1]):
+            raise ValueError("Interactions: items must be int64 with rowptr[-1] entries")
+        self.rowptr, self.items = rowptr, items
+        self.n_users, self.n_items = int(n_users), int(n_items)
+
+    @classmethod
+    def from_pairs(
+        cls, users: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor,
+        n_users: int, n_items: int,
+    ) -> "Interactions":
+        """Group pairs by user; repeated pairs are kept once (callers warn before that)."""
+        users = torch.as_tensor(np.asarray(users), dtype=torch.int64)
+        items = torch.as_tensor(np.asarray(items), dtype=torch.int64)
+        # Sorted by (user, item), deduplicated; sort + unique_consecutive beats torch.unique on CPU.
+        key = torch.unique_consecutive(torch.sort(users * n_items + items).values)
+        u, i = key // max(n_items, 1), key % max(n_items, 1)
+        rowptr = torch.zeros(n_users + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(u, minlength=n_users), 0, out=rowptr[1:])
+        return cls(rowptr, i, n_users, n_items)
+
+    def __len__(self) -> int:
+        return self.items.numel()
+
+    @property
+    def nnz(self) -> int:
+        return self.items.numel()
+
+    def users(self) -> torch.Tensor:
+        """The user of every stored pair (COO rows), int64."""
+        return torch.repeat_interleave(
+            torch.arange(self.n_users), self.user_degrees(), output_size=self.nnz
+        )
+
+    def user_degrees(self) -> torch.Tensor:
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+    def item_degrees(self) -> torch.Tensor:
+        return torch.bincount(self.items, minlength=self.n_items)
+
+    def history(self, user: int) -> torch.Tensor:
+        """Items of one user (for inspection and tests; not for hot loops)."""
+        return self.items[self.rowptr[user]: self.rowptr[user + 1]]
+
+    def active_users(self) -> torch.Tensor:
+        """Users with at least one pair, ascending."""
+        return torch.nonzero(self.user_degrees() > 0).flatten()
+
+    def to_graph(self) -> "SparseGraph":
+        """The binary user x item matrix as a SparseGraph (val = 1)."""
+        from mmfast.ops.sparse_graph import SparseGraph
+
+        return SparseGraph(
+            self.rowptr, self.items.to(torch.int32 if self.n_items < 2**31 else torch.int64),
+            torch.ones(self.nnz, dtype=torch.float32), (self.n_users, self.n_items),
+        )
+
+    def __repr__(self) -> str:
+        return f"Interactions(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"
+
+
+def _stats_block(title: str, users: torch.Tensor, items: torch.Tensor) -> list[str]:
+    """MMRec's RecDataset.__str__: counts are of distinct ids present, not of id ranges."""
+    n = users.numel()
+    n_u = int(torch.unique(users).numel())
+    n_i = int(torch.unique(items).numel())
+    lines = [title]
+    lines.append(f"The number of users: {n_u}")
+    lines.append(f"Average actions of users: {n / n_u if n_u else 0.0}")
+    lines.append(f"The number of items: {n_i}")
+    lines.append(f"Average actions of items: {n / n_i if n_i else 0.0}")
+    lines.append(f"The number of inters: {n}")
+    sparsity = 1 - n / n_u / n_i if n_u and n_i else 1.0
+    lines.append(f"The sparsity of the dataset: {sparsity * 100}%")
+    return lines
+
+
+@dataclass
+class Dataset:
+    """A recommendation dataset in MMRec's sense.
+
+    ``n_users``/``n_items`` are ``max id + 1`` over all rows of the source (MMRec's rule), so
+    items that never appear in train still have rows in every item table. ``features`` maps a
+    modality name to a float32 ``[n_items, d]`` array; arrays read from disk are copy-on-write
+    memory maps, so they are not copied until written to.
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    source: Path | None = None
+    # Valid/test rows dropped by MMRec's cold-start filter (their user is absent from train);
+    # kept so that statistics of the whole file match what MMRec prints.
+    cold_start: dict[str, Interactions] = field(default_factory=dict)
+
+    def split(self, name: str) -> Interactions:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def cold_start_dropped(self) -> dict[str, int]:
+        """Rows per split removed by the cold-start filter."""
+        return {k: len(v) for k, v in self.cold_start.items()}
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.train) + len(self.valid) + len(self.test)
+
+    def feature(self, modality: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """One modality as a float32 tensor; on CPU it shares memory with the array."""
+        if modality not in self.features:
+            raise KeyError(
+                f"dataset {self.name!r} has no {modality!r} features; it has {self.modalities}"
+            )
+        t = torch.from_numpy(self.features[modality])
+        return t if device is None else t.to(device)
+
+    def train_items(self) -> torch.Tensor:
+        """Items that appear in train (MMRec draws negatives from these), ascending."""
+        return torch.unique(self.train.items)
+
+    def norm_adj(self, **kwargs) -> "SparseGraph":
+        """Â over users + items (G1); see :func:`mmfast.data.graphs.normalized_adjacency`."""
+        from mmfast.data.graphs import normalized_adjacency
+
+        return normalized_adjacency(self.train, **kwargs)
+
+    def user_item_lift(self, **kwargs) -> "SparseGraph":
+        """R̂, the user x item block of Â (G4); see :func:`mmfast.data.graphs.user_item_lift`."""
+        from mmfast.data.graphs import user_item_lift
+
+        return user_item_lift(self.train, **kwargs)
+
+    def sampler(self, **kwargs) -> "NegativeSampler":
+        """MMRec's training batches with negatives; see :class:`mmfast.data.sampler.NegativeSampler`."""
+        from mmfast.data.sampler import NegativeSampler
+
+        return NegativeSampler(self.train, **kwargs)
+
+    def __str__(self) -> str:
+        parts = [self.split(s) for s in SPLITS]
+        # The first block is the whole file as MMRec loads it, before the cold-start filter.
+        whole = parts + list(self.cold_start.values())
+        users = torch.cat([p.users() for p in whole])
+        items = torch.cat([p.items for p in whole])
+        lines = _stats_block(self.name, users, items)
+        for title, part in zip(("Training", "Validation", "Testing"), parts):
+            lines.append(f"\n===={title}====")
+            lines.extend(_stats_block(self.name, part.users(), part.items))
+        if any(self.cold_start_dropped.values()):
+            dropped = ", ".join(f"{k} {v}" for k, v in self.cold_start_dropped.items())
+            lines.append(f"\nCold-start rows dropped (user absent from train): {dropped}")
+        if self.features:
+            feats = ", ".join(f"{m} {a.shape[1]}-d" for m, a in self.features.items())
+            lines.append(f"Features: {feats}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, n_users={self.n_users}, n_items={self.n_items}, "
+            f"train={len(self.train)}, valid={len(self.valid)}, test={len(self.test)}, "
+            f"features={ {m: tuple(a.shape) for m, a in self.features.items()} })"
+        )
