@@ -58,8 +58,8 @@ def want_cuda() -> bool:
 
 def extension():
     with_cuda = want_cuda()
-    sources = ["csrc/module.cpp", "csrc/schema.cpp", "csrc/graph.cpp"]
-    sources += sorted(glob.glob("csrc/cpu/*.cpp"))
+    # csrc/*.cpp: the module, the schemas and each op family's device-independent driver.
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     macros = [("MMFAST_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx = ["-O3", "-fopenmp"]
     args = {"cxx": cxx}
