@@ -203,8 +203,8 @@ def test_feature_file_that_is_not_npy(tmp_path):
         D.load("f", tmp_path)
 
 
-def test_crlf_and_recbole_style_header(tmp_path):
-    content = "userID:token\titemID:token\tx_label:token\r\n0\t0\t0\r\n0\t1\t1\r\n0\t2\t2\r\n"
+def test_crlf_bom_and_recbole_style_header(tmp_path):
+    content = "\ufeffuserID:token\titemID:token\tx_label:token\r\n0\t0\t0\r\n0\t1\t1\r\n0\t2\t2\r\n"
     write_folder(tmp_path, "crlf", content)
     ds = D.load("crlf", tmp_path)
     assert (len(ds.train), len(ds.valid), len(ds.test)) == (1, 1, 1)

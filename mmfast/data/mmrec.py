@@ -104,6 +104,8 @@ def read_inter(path: str | os.PathLike) -> InterTable:
     if not path.is_file():
         raise DataFormatError(f"{path}: interaction file not found")
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark from some editors
+        data = data[3:]
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     head_end = data.find(b"\n")
