@@ -6,6 +6,7 @@ with the reason and the fix.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,15 @@ _LOAD_ERROR: str | None = None
 try:
     from mmfast import _C  # type: ignore[attr-defined, no-redef]
 except ImportError as exc:  # not built, or built against another torch (undefined symbols)
-    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    _here = Path(__file__).parent
+    if not any(_here.glob("_C*.so")) and not any(_here.glob("_C*.pyd")):
+        _LOAD_ERROR = (
+            f"no compiled mmfast._C in {_here}: this looks like an unbuilt source checkout "
+            "(run from another directory after `pip install .`, or build in place with "
+            "`python setup.py build_ext --inplace`)"
+        )
+    else:
+        _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 else:
     _built_for = _C.build_info()["torch_version"]
     if _built_for.split("+")[0] != torch.__version__.split("+")[0]:
