@@ -16,8 +16,8 @@ class SparseGraph:
     ``rowptr`` (int64, ``n_rows + 1``), ``col`` (int32 or int64, ``nnz``) and ``val``
     (float32 or float64, ``nnz``) live on one device. Columns inside a row need not be
     sorted; repeated columns in a row add up. The transpose, which every backward pass
-    multiplies by, is built on first use and kept (``is_symmetric=True`` makes it the
-    graph itself).
+    multiplies by, is built once here, eagerly, so that code compiled with torch.compile
+    never has to build it (``is_symmetric=True`` makes it the graph itself, at no cost).
     """
 
     def __init__(
@@ -37,8 +37,17 @@ class SparseGraph:
         self.is_symmetric = bool(is_symmetric)
         if validate:
             self._validate()
-        self._transpose: SparseGraph | None = self if self.is_symmetric else None
         self._torch_csr: torch.Tensor | None = None
+        self._transpose: SparseGraph = self if self.is_symmetric else self._build_transpose()
+
+    @classmethod
+    def _unchecked(cls, rowptr, col, val, shape, transpose: "SparseGraph | None") -> "SparseGraph":
+        """A non-symmetric graph from trusted parts, linked to ``transpose`` (set later if None)."""
+        graph = cls.__new__(cls)
+        graph.rowptr, graph.col, graph.val = rowptr, col, val
+        graph.shape, graph.is_symmetric = (int(shape[0]), int(shape[1])), False
+        graph._torch_csr, graph._transpose = None, transpose
+        return graph
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -135,10 +144,7 @@ class SparseGraph:
 
     @property
     def T(self) -> "SparseGraph":
-        """The transpose, built on first use and cached."""
-        if self._transpose is None:
-            self._transpose = self._build_transpose()
-            self._transpose._transpose = self
+        """The transpose (built at construction; the graph itself when symmetric)."""
         return self._transpose
 
     def row_indices(self) -> torch.Tensor:
@@ -161,17 +167,18 @@ class SparseGraph:
         dtype = self.dtype if dtype is None else dtype
         if device == self.device and dtype == self.dtype:
             return self
-        moved = SparseGraph(
-            self.rowptr.to(device), self.col.to(device), self.val.to(device, dtype), self.shape,
-            is_symmetric=self.is_symmetric, validate=False,
-        )
-        if self._transpose is not None and not self.is_symmetric:
-            t = self._transpose
-            moved._transpose = SparseGraph(
-                t.rowptr.to(device), t.col.to(device), t.val.to(device, dtype), t.shape,
-                validate=False,
+        if self.is_symmetric:
+            return SparseGraph(
+                self.rowptr.to(device), self.col.to(device), self.val.to(device, dtype),
+                self.shape, is_symmetric=True, validate=False,
             )
-            moved._transpose._transpose = moved
+        t = self._transpose
+        moved = SparseGraph._unchecked(
+            self.rowptr.to(device), self.col.to(device), self.val.to(device, dtype), self.shape, None
+        )
+        moved._transpose = SparseGraph._unchecked(
+            t.rowptr.to(device), t.col.to(device), t.val.to(device, dtype), t.shape, moved
+        )
         return moved
 
     def to_torch(self) -> torch.Tensor:
@@ -259,11 +266,10 @@ class SparseGraph:
         rows = self.row_indices()
         # A stable sort by column keeps rows ascending inside each transposed row.
         col_sorted, order = torch.sort(self.col.long(), stable=True)
-        rowptr_t = _rowptr_from_rows(col_sorted, self.n_cols)
         row_dtype = torch.int32 if self.n_rows < 2**31 else torch.int64
-        return SparseGraph(
-            rowptr_t, rows[order].to(row_dtype), self.val[order], (self.n_cols, self.n_rows),
-            validate=False,
+        return SparseGraph._unchecked(
+            _rowptr_from_rows(col_sorted, self.n_cols), rows[order].to(row_dtype),
+            self.val[order], (self.n_cols, self.n_rows), self,
         )
 
 
