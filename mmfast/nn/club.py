@@ -39,10 +39,14 @@ class ClubNet(nn.Module):
                 self.logvar[0].weight, self.logvar[0].bias, self.logvar[2].weight,
                 self.logvar[2].bias]
 
-    def heads(self, x: torch.Tensor, detach_params: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(
+        self, x: torch.Tensor, detach_params: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``; with ``detach_params`` no gradient reaches the net's parameters
         (gradients still flow to x)."""
-        p = [t.detach() for t in self.flat_parameters()] if detach_params else self.flat_parameters()
+        p = self.flat_parameters()
+        if detach_params:
+            p = [t.detach() for t in p]
         mu = F.linear(F.relu(F.linear(x, p[0], p[1])), p[2], p[3])
         logvar = torch.tanh(F.linear(F.relu(F.linear(x, p[4], p[5])), p[6], p[7]))
         return mu, logvar

@@ -94,7 +94,9 @@ def _check_solosim(a: torch.Tensor, b: torch.Tensor, temperature: float) -> None
         raise TypeError("solosim_loss: temperature must be a Python float, not a tensor")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
             and temperature > 0):
-        raise ValueError(f"solosim_loss: temperature must be positive and finite, got {temperature!r}")
+        raise ValueError(
+            f"solosim_loss: temperature must be positive and finite, got {temperature!r}"
+        )
 
 
 # ---------------------------------------------------------------------- CLUB bound
@@ -168,7 +170,9 @@ def _check_bound(x, y, q, perm, estimator) -> None:
     if not isinstance(q, ClubNet):
         raise TypeError(f"club_upper_bound: q must be a mmfast.nn.ClubNet, got {type(q).__name__}")
     if estimator not in ESTIMATORS:
-        raise ValueError(f"club_upper_bound: estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        raise ValueError(
+            f"club_upper_bound: estimator must be one of {ESTIMATORS}, got {estimator!r}"
+        )
     _check_pair("club_upper_bound", x, y, q)
     if perm is not None:
         if estimator != "sampled":
@@ -250,7 +254,9 @@ def club_learn(
     state = [_adam_state(optimizer, p) for p in params]
     steps_taken = {float(s["step"]) for s in state}
     if len(steps_taken) != 1:
-        raise ValueError(f"club_learn: q's parameters have different Adam step counts {steps_taken}")
+        raise ValueError(
+            f"club_learn: q's parameters have different Adam step counts {steps_taken}"
+        )
     xcat = torch.cat([t.detach() for t in xs])
     ycat = torch.cat([t.detach() for t in ys])
     weight = torch.cat([torch.full((t.shape[0],), 1.0 / t.shape[0], dtype=t.dtype, device=t.device)
