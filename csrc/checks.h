@@ -33,4 +33,16 @@ inline void check_dense(const char* op, const char* name, const at::Tensor& x,
               " but the graph is on ", device);
 }
 
+// A float32/float64 matrix that must share dtype and device with `ref` (named `ref_name`).
+inline void check_like(const char* op, const char* name, const at::Tensor& x,
+                       const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D [rows, d], got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == ref.scalar_type(), op, ": ", name, " is ", x.scalar_type(),
+              " but ", ref_name, " is ", ref.scalar_type());
+  TORCH_CHECK(x.device() == ref.device(), op, ": ", name, " is on ", x.device(), " but ",
+              ref_name, " is on ", ref.device());
+}
+
 }  // namespace mmfast

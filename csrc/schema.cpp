@@ -11,4 +11,18 @@ TORCH_LIBRARY(mmfast, m) {
   m.def(
       "propagate(Tensor rowptr, Tensor col, Tensor val, Tensor rowptr_t, Tensor col_t, "
       "Tensor val_t, Tensor x, float[] coeffs) -> Tensor");
+  // SoloSim InfoNCE, streaming: returns (loss, lse) with loss = mean_i (lse_i - scale <a_i, b_i>)
+  // and lse_i = logsumexp_j scale <a_i, b_j>; nothing N x N is stored.
+  m.def("solosim(Tensor a, Tensor b, float scale) -> (Tensor, Tensor)");
+  // Its gradient from the saved lse alone, recomputing the logit tiles.
+  m.def(
+      "solosim_backward(Tensor grad, Tensor a, Tensor b, Tensor lse, float scale) "
+      "-> (Tensor, Tensor)");
+  // `steps` Adam steps of the CLUB q-net on the Gaussian NLL of (x, y), rows weighted by
+  // row_weight; params/exp_avg/exp_avg_sq are the net's 8 tensors (mu: W1 b1 W2 b2, then logvar
+  // head), updated in place. Returns the loss before each step.
+  m.def(
+      "club_learn(Tensor x, Tensor y, Tensor row_weight, Tensor(a!)[] params, "
+      "Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, int step, int steps, float lr, "
+      "float beta1, float beta2, float eps) -> Tensor");
 }

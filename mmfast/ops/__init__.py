@@ -12,15 +12,31 @@ from mmfast.ops.graph import (
     spmm,
     spmm_reference,
 )
+from mmfast.ops.losses import (
+    club_learn,
+    club_learn_reference,
+    club_nll,
+    club_upper_bound,
+    club_upper_bound_reference,
+    solosim_loss,
+    solosim_reference,
+)
 from mmfast.ops.sparse_graph import SparseGraph
 
 __all__ = [
     "SparseGraph",
+    "club_learn",
+    "club_learn_reference",
+    "club_nll",
+    "club_upper_bound",
+    "club_upper_bound_reference",
     "get_default_backend",
     "layer_coefficients",
     "propagate",
     "propagate_reference",
     "set_default_backend",
+    "solosim_loss",
+    "solosim_reference",
     "spmm",
     "spmm_reference",
     "use_backend",

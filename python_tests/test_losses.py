@@ -1,0 +1,431 @@
+"""Fused losses (SoloSim, CLUB bound, club_learn) against float64 references, on CPU and CUDA."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import requires_cuda
+from mmfast import ops
+from mmfast.nn import ClubNet
+from mmfast.ops import club_learn, club_upper_bound, solosim_loss
+
+SIZES = [1, 2, 33, 1000]
+WIDTHS = [1, 32, 63]
+
+
+def randn(*shape, seed=0, dtype=torch.float64, device="cpu", scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def solosim_dense(a, b, tau, normalize=True, symmetric=False):
+    """Independent float64 formula: -log of the diagonal softmax entries, by logsumexp."""
+    if normalize:
+        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    s = a @ b.T / tau
+    loss = (torch.logsumexp(s, 1) - s.diagonal()).mean()
+    if symmetric:
+        loss = 0.5 * (loss + (torch.logsumexp(s, 0) - s.diagonal()).mean())
+    return loss
+
+
+# ------------------------------------------------------------------------ SoloSim
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("d", WIDTHS)
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_solosim_matches_float64(n, d, normalize, symmetric):
+    a = randn(n, d, seed=n + d).requires_grad_()
+    b = randn(n, d, seed=n * 3 + d + 1).requires_grad_()
+    tau = 0.2 if normalize else 2.0
+    loss = solosim_loss(a, b, tau, normalize, symmetric)
+    ref = solosim_dense(a, b, tau, normalize, symmetric)
+    torch.testing.assert_close(loss, ref)
+    grads, ref_grads = torch.autograd.grad(loss, (a, b)), torch.autograd.grad(ref, (a, b))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(solosim_loss(a, b, tau, normalize, symmetric, backend="torch"), ref)
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+def test_solosim_float32_close_to_float64(backend):
+    a, b = randn(700, 32, seed=1), randn(700, 32, seed=2)
+    a32, b32 = a.float().requires_grad_(), b.float().requires_grad_()
+    loss = solosim_loss(a32, b32, 0.2, backend=backend)
+    ga, gb = torch.autograd.grad(loss, (a32, b32))
+    loss = loss.detach()
+    a64, b64 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = solosim_dense(a64, b64, 0.2)
+    ra, rb = torch.autograd.grad(ref, (a64, b64))
+    assert loss.dtype == torch.float32
+    ref = ref.detach()
+    assert abs(float(loss) - float(ref)) < 1e-5 * abs(float(ref))
+    for got, want in ((ga, ra), (gb, rb)):
+        assert float((got.double() - want).norm() / want.norm()) < 1e-5
+
+
+def test_solosim_sees_positives():
+    """Aligned pairs give a small loss, shuffled pairs a loss near log n."""
+    a = randn(200, 16, seed=3)
+    aligned = float(solosim_loss(a, a + 0.01 * randn(200, 16, seed=4), 0.05))
+    shuffled = float(solosim_loss(a, randn(200, 16, seed=5), 0.05))
+    assert aligned < 0.01 and shuffled > 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [1e-3, 1e-5])
+def test_solosim_tiny_temperature_stays_finite(tau, dtype):
+    n = 300
+    a = randn(n, 8, seed=6, dtype=dtype).requires_grad_()
+    b = randn(n, 8, seed=7, dtype=dtype).requires_grad_()
+    loss = solosim_loss(a, b, tau)
+    ga, gb = torch.autograd.grad(loss, (a, b))
+    assert torch.isfinite(loss) and torch.isfinite(ga).all() and torch.isfinite(gb).all()
+    # The logits reach 1/tau = 1e5; loss is the mean gap to each row's largest logit (float64).
+    ref = solosim_dense(a.detach().double(), b.detach().double(), tau)
+    assert abs(float(loss) - float(ref)) <= 1e-6 * float(ref) + (1e-1 if dtype == torch.float32 else 1e-6)
+
+
+def test_solosim_gradcheck():
+    a = randn(9, 5, seed=8).requires_grad_()
+    b = randn(9, 5, seed=9).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: solosim_loss(x, y, 0.3), (a, b))
+    assert torch.autograd.gradcheck(lambda x, y: solosim_loss(x, y, 0.7, False, True), (a, b))
+
+
+def test_solosim_deterministic():
+    a, b = randn(3000, 32, seed=10, dtype=torch.float32), randn(3000, 32, seed=11, dtype=torch.float32)
+    a.requires_grad_()
+    first = solosim_loss(a, b, 0.2)
+    (g_first,) = torch.autograd.grad(first, a)
+    for _ in range(2):
+        loss = solosim_loss(a, b, 0.2)
+        (g,) = torch.autograd.grad(loss, a)
+        assert torch.equal(loss, first) and torch.equal(g, g_first)
+
+
+@pytest.mark.parametrize("d", [1, 32])
+def test_solosim_opcheck(d):
+    a = randn(40, d, seed=d).requires_grad_()
+    b = randn(40, d, seed=d + 1).requires_grad_()
+    torch.library.opcheck(torch.ops.mmfast.solosim.default, (a, b, 5.0))
+    lse = torch.ops.mmfast.solosim(a, b, 5.0)[1].detach()
+    torch.library.opcheck(torch.ops.mmfast.solosim_backward.default,
+                          (torch.tensor(1.0, dtype=torch.float64), a.detach(), b.detach(), lse, 5.0))
+
+
+def test_solosim_torch_compile_fullgraph():
+    w = torch.randn(16, 16, requires_grad=True)
+
+    def fn(x, y):
+        return solosim_loss(x @ w, y, 0.2)
+
+    x, y = torch.randn(50, 16), torch.randn(50, 16)
+    expected = fn(x, y)
+    (g_expected,) = torch.autograd.grad(expected, w)
+    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, y)
+    (g_got,) = torch.autograd.grad(got, w)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_expected)
+
+
+def test_solosim_errors():
+    a = randn(5, 4)
+    with pytest.raises(ValueError, match="a and b must have the same shape"):
+        solosim_loss(a, randn(6, 4), 0.2)
+    with pytest.raises(ValueError, match="a and b must have the same shape"):
+        solosim_loss(a, randn(5, 3), 0.2)
+    for tau in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be positive and finite"):
+            solosim_loss(a, a, tau)
+    with pytest.raises(ValueError, match="need at least one row, got n = 0"):
+        solosim_loss(randn(0, 4), randn(0, 4), 0.2)
+    with pytest.raises(ValueError, match="b must be a 2-D tensor"):
+        solosim_loss(a, a[0], 0.2)
+    with pytest.raises(TypeError, match="a is torch.float64 but b is torch.float32"):
+        solosim_loss(a, a.float(), 0.2)
+    with pytest.raises(TypeError, match="must be float32 or float64"):
+        solosim_loss(a.long(), a.long(), 0.2)
+    # The raw op checks too (direct torch.ops callers).
+    with pytest.raises(RuntimeError, match="scale .* must be positive"):
+        torch.ops.mmfast.solosim(a, a, -1.0)
+    with pytest.raises(RuntimeError, match="n = 0"):
+        torch.ops.mmfast.solosim(randn(0, 4), randn(0, 4), 1.0)
+    with pytest.raises(RuntimeError, match="same shape"):
+        torch.ops.mmfast.solosim(a, randn(4, 4), 1.0)
+
+
+# ------------------------------------------------------------------------ CLUB bound
+def make_q(dx, dy, hidden=8, seed=0, dtype=torch.float64, device="cpu"):
+    torch.manual_seed(seed)
+    q = ClubNet(dx, dy, hidden).to(dtype=dtype, device=device)
+    with torch.no_grad():  # larger weights than the default init, so every term matters
+        for p in q.parameters():
+            p.mul_(3.0)
+    return q
+
+
+def club_dense(x, y, q, perm, estimator, halve=True, clamp=True):
+    """Independent float64 formula from MODELS.md §2.4 (full: explicit mean over all pairs)."""
+    frozen = {k: v.detach() for k, v in q.named_parameters()}
+    mu, lv = torch.func.functional_call(q, frozen, (x,))
+
+    def ell(yy):  # [n] or [n, n] of sum_d -(mu - y)^2 / (2 e^lv) - lv / 2
+        return (-(mu - yy) ** 2 / (2 * lv.exp()) - lv / 2).sum(-1)
+
+    if estimator == "sampled":
+        neg = ell(y[perm])
+    else:
+        neg = torch.stack([ell(y[j].expand_as(y)) for j in range(y.shape[0])], 1).mean(1)
+    bound = (ell(y) - neg).mean()
+    bound = bound / 2 if halve else bound
+    return bound.clamp(min=0) if clamp else bound
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("d", WIDTHS)
+@pytest.mark.parametrize("estimator", ["sampled", "full"])
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+def test_club_bound_matches_float64(n, d, estimator, backend):
+    if estimator == "full" and n == 1000 and d == 63:
+        pytest.skip("the explicit all-pairs reference is slow here; covered at d = 1, 32")
+    q = make_q(d, d, seed=d)
+    x = randn(n, d, seed=n + d).requires_grad_()
+    y = (x.detach() * 0.8 + 0.5 * randn(n, d, seed=n + 2 * d + 1)).requires_grad_()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)) if estimator == "sampled" else None
+    got = club_upper_bound(x, y, q, perm, estimator, clamp=False, backend=backend)
+    want = club_dense(x, y, q, perm, estimator, clamp=False)
+    torch.testing.assert_close(got, want)
+    g = torch.autograd.grad(got, (x, y))
+    w = torch.autograd.grad(want, (x, y))
+    for a, b in zip(g, w):
+        torch.testing.assert_close(a, b)
+
+
+def test_club_bound_options_and_no_gradient_to_q():
+    q = make_q(4, 4)
+    x = randn(50, 4, seed=1).requires_grad_()
+    y = randn(50, 4, seed=2).requires_grad_()  # independent: the raw bound may be negative
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    raw = club_upper_bound(x, y, q, perm, halve=False, clamp=False)
+    torch.testing.assert_close(club_upper_bound(x, y, q, perm, clamp=False), raw / 2)
+    torch.testing.assert_close(club_upper_bound(x, y, q, perm), (raw / 2).clamp(min=0))
+    club_upper_bound(x, y, q, perm, clamp=False).backward()
+    assert all(p.grad is None for p in q.parameters())
+    assert x.grad is not None and y.grad is not None
+    # perm=None draws a fresh permutation: the value changes from call to call.
+    values = {float(club_upper_bound(x, y, q, clamp=False).detach()) for _ in range(5)}
+    assert len(values) > 1
+
+
+def test_club_bound_gradcheck():
+    q = make_q(3, 5)
+    x = randn(7, 3, seed=3).requires_grad_()
+    y = randn(7, 5, seed=4).requires_grad_()
+    perm = torch.tensor([3, 0, 6, 1, 2, 5, 4])
+    for estimator, p in (("sampled", perm), ("full", None)):
+        assert torch.autograd.gradcheck(
+            lambda a, b: club_upper_bound(a, b, q, p, estimator, clamp=False), (x, y)
+        )
+
+
+def test_club_bound_errors():
+    q = make_q(4, 6)
+    x, y = randn(10, 4), randn(10, 6)
+    with pytest.raises(ValueError, match="x and y must have the same number of rows"):
+        club_upper_bound(x, y[:9], q)
+    with pytest.raises(ValueError, match="y has 4 features but q expects 6"):
+        club_upper_bound(x, x, q)
+    with pytest.raises(ValueError, match="need at least one row, got n = 0"):
+        club_upper_bound(x[:0], y[:0], q)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        club_upper_bound(x, y, q, estimator="pairs")
+    with pytest.raises(ValueError, match="perm must be an int64 tensor of shape"):
+        club_upper_bound(x, y, q, perm=torch.arange(9))
+    with pytest.raises(ValueError, match=r"perm holds indices outside \[0, 10\)"):
+        club_upper_bound(x, y, q, perm=torch.arange(10) + 1)
+    with pytest.raises(TypeError, match="q must be a mmfast.nn.ClubNet"):
+        club_upper_bound(x, y, torch.nn.Linear(4, 6))
+    with pytest.raises(TypeError, match="q's parameters are torch.float64"):
+        club_upper_bound(x.float(), y.float(), q)
+
+
+# ------------------------------------------------------------------------ club_learn
+def twin(q, lr=1e-3, **adam):
+    q2 = copy.deepcopy(q)
+    return (q, torch.optim.Adam(q.parameters(), lr=lr, **adam)), (
+        q2, torch.optim.Adam(q2.parameters(), lr=lr, **adam))
+
+
+def assert_same_net(q1, q2, **tol):
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        torch.testing.assert_close(p1, p2, **tol)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("d", WIDTHS)
+def test_club_learn_matches_adam_loop(n, d):
+    q = make_q(d, d, seed=n + d)
+    xs = [randn(n, d, seed=n + d + 1), randn(n, d, seed=n + d + 2)]
+    ys = [xs[0] * 0.5 + randn(n, d, seed=7), xs[1].tanh() + randn(n, d, seed=8)]
+    (q1, o1), (q2, o2) = twin(q, lr=1e-2)
+    before = [p.detach().clone() for p in q1.parameters()]
+    got = club_learn(xs, ys, q1, o1, steps=20)
+    want = ops.club_learn_reference(xs, ys, q2, o2, steps=20)
+    torch.testing.assert_close(got, want)
+    assert_same_net(q1, q2)
+    assert any(not torch.equal(b, p) for b, p in zip(before, q1.parameters())), "nothing learned"
+    assert float(got[-1]) < float(got[0])
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        s1, s2 = o1.state[p1], o2.state[p2]
+        assert float(s1["step"]) == float(s2["step"]) == 20
+        torch.testing.assert_close(s1["exp_avg"], s2["exp_avg"])
+        torch.testing.assert_close(s1["exp_avg_sq"], s2["exp_avg_sq"])
+
+
+def test_club_learn_state_carries_over_and_mixes_with_reference():
+    """10 fused + 5 reference + 10 fused steps == 25 reference steps (state shared via Adam)."""
+    q = make_q(32, 32, seed=1)
+    x, y = randn(300, 32, seed=2), randn(300, 32, seed=3)
+    (q1, o1), (q2, o2) = twin(q, lr=1e-3)
+    club_learn(x, y, q1, o1, steps=10)
+    club_learn(x, y, q1, o1, steps=5, backend="torch")
+    club_learn(x, y, q1, o1, steps=10)
+    ops.club_learn_reference([x], [y], q2, o2, steps=25)
+    assert_same_net(q1, q2)
+    assert float(o1.state[q1.mu[0].weight]["step"]) == 25
+
+
+def test_club_learn_float32_and_lr_override():
+    q = make_q(32, 32, seed=4, dtype=torch.float32)
+    xs = [randn(2000, 32, seed=5, dtype=torch.float32), randn(1500, 32, seed=6, dtype=torch.float32)]
+    ys = [randn(2000, 32, seed=7, dtype=torch.float32), xs[1] + randn(1500, 32, seed=8, dtype=torch.float32)]
+    (q1, o1), (q2, o2) = twin(q, lr=1.0)
+    got = club_learn(xs, ys, q1, o1, steps=50, lr=1e-4)
+    want = ops.club_learn_reference(xs, ys, q2, o2, steps=50, lr=1e-4)
+    assert o1.param_groups[0]["lr"] == o2.param_groups[0]["lr"] == 1.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Adam moves each weight by about lr per step: 50 steps agree to a small fraction of that.
+    assert_same_net(q1, q2, rtol=0, atol=2e-6)
+
+
+def test_club_learn_zero_steps_and_deterministic():
+    q = make_q(8, 8)
+    x, y = randn(600, 8, seed=1), randn(600, 8, seed=2)
+    (q1, o1), (q2, o2) = twin(q)
+    assert club_learn(x, y, q1, o1, steps=0).shape == (0,)
+    assert_same_net(q1, q)
+    club_learn(x, y, q1, o1, steps=7)
+    club_learn(x, y, q2, o2, steps=7)
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        assert torch.equal(p1, p2)
+
+
+def test_club_learn_opcheck():
+    q = make_q(5, 3)
+    params = [p.detach().clone() for p in q.flat_parameters()]
+    m = [torch.randn_like(p) * 0.01 for p in params]
+    v = [torch.rand_like(p) * 0.01 for p in params]
+    x, y = randn(30, 5), randn(30, 3)
+    w = torch.full((30,), 1 / 30, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mmfast.club_learn.default,
+                          (x, y, w, params, m, v, 3, 4, 1e-3, 0.9, 0.999, 1e-8))
+
+
+def test_club_learn_errors():
+    q = make_q(4, 6)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3)
+    x, y = randn(10, 4), randn(10, 6)
+    with pytest.raises(ValueError, match="x and y must have the same number of rows"):
+        club_learn(x, y[:5], q, opt)
+    with pytest.raises(ValueError, match=r"y\[1\] has 4 features but q expects 6"):
+        club_learn([x, x], [y, x], q, opt)
+    with pytest.raises(ValueError, match="need at least one row, got n = 0"):
+        club_learn(x[:0], y[:0], q, opt)
+    with pytest.raises(ValueError, match="got 2 x tensors but 1 y tensors"):
+        club_learn([x, x], [y], q, opt)
+    with pytest.raises(ValueError, match="steps must be a non-negative int"):
+        club_learn(x, y, q, opt, steps=-1)
+    with pytest.raises(TypeError, match="optimizer must be the torch.optim.Adam"):
+        club_learn(x, y, q, torch.optim.SGD(q.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="optimizer must hold exactly q's parameters"):
+        club_learn(x, y, q, torch.optim.Adam(q.mu.parameters()))
+    with pytest.raises(ValueError, match="unsupported options.*weight_decay"):
+        club_learn(x, y, q, torch.optim.Adam(q.parameters(), weight_decay=0.1))
+    with pytest.raises(ValueError, match="lr must be a non-negative float"):
+        club_learn(x, y, q, opt, lr=-1.0)
+    params = [p.detach() for p in q.flat_parameters()]
+    state = [torch.zeros_like(p) for p in params]
+    w = torch.full((10,), 0.1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"params\[2\] \(mu W2\) must have shape \[6, 8\]"):
+        torch.ops.mmfast.club_learn(x, y, w, params[:2] + [params[2].T] + params[3:], state, state,
+                                    0, 1, 1e-3, 0.9, 0.999, 1e-8)
+    with pytest.raises(RuntimeError, match="row_weight must be a \\[10\\] tensor"):
+        torch.ops.mmfast.club_learn(x, y, w[:3], params, state, state, 0, 1, 1e-3, 0.9, 0.999, 1e-8)
+    with pytest.raises(RuntimeError, match="betas must lie in"):
+        torch.ops.mmfast.club_learn(x, y, w, params, state, state, 0, 1, 1e-3, 1.0, 0.999, 1e-8)
+
+
+def test_club_net_module():
+    q = ClubNet(32, 32, 8)
+    mu, lv = q(torch.randn(5, 32))
+    assert mu.shape == lv.shape == (5, 32) and float(lv.abs().max()) < 1
+    assert len(q.flat_parameters()) == 8 and sum(p.numel() for p in q.parameters()) == 1104
+    with pytest.raises(ValueError, match="hidden must be a positive int"):
+        ClubNet(32, 32, 0)
+
+
+# ------------------------------------------------------------------------ CUDA vs CPU
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [1, 2, 33, 1000, 5000])
+@pytest.mark.parametrize("d", [1, 32, 63, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_solosim_matches_cpu(n, d, dtype):
+    a, b = randn(n, d, seed=n + d, dtype=dtype), randn(n, d, seed=n + d + 1, dtype=dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    results = []
+    for device in ("cpu", "cuda"):
+        ad, bd = a.to(device).requires_grad_(), b.to(device).requires_grad_()
+        loss = solosim_loss(ad, bd, 0.2, symmetric=True)
+        results.append((loss, *torch.autograd.grad(loss, (ad, bd))))
+    for cpu, gpu in zip(*results):
+        torch.testing.assert_close(gpu.cpu(), cpu, **tol)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_solosim_tiny_temperature_and_opcheck():
+    a = randn(500, 32, seed=1, dtype=torch.float32, device="cuda").requires_grad_()
+    b = randn(500, 32, seed=2, dtype=torch.float32, device="cuda").requires_grad_()
+    loss = solosim_loss(a, b, 1e-5)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, (a, b)))
+    torch.library.opcheck(torch.ops.mmfast.solosim.default,
+                          (randn(40, 7, device="cuda").requires_grad_(), randn(40, 7, device="cuda"), 3.0))
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [1, 33, 1000, 20000])
+@pytest.mark.parametrize("dims", [(32, 8, 32), (5, 3, 63)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_club_learn_matches_cpu(n, dims, dtype):
+    dx, h, dy = dims
+    q = make_q(dx, dy, h, seed=n, dtype=dtype)
+    xs = [randn(n, dx, seed=1, dtype=dtype), randn(n + 3, dx, seed=2, dtype=dtype)]
+    ys = [randn(n, dy, seed=3, dtype=dtype), randn(n + 3, dy, seed=4, dtype=dtype)]
+    (q1, o1), (q2, o2) = twin(q, lr=1e-3)
+    q2.cuda()
+    o2 = torch.optim.Adam(q2.parameters(), lr=1e-3)
+    got_cpu = club_learn(xs, ys, q1, o1, steps=50)
+    got_gpu = club_learn([t.cuda() for t in xs], [t.cuda() for t in ys], q2, o2, steps=50)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(got_gpu.cpu(), got_cpu, **tol)
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        torch.testing.assert_close(p2.cpu(), p1, **tol)
+    torch.testing.assert_close(club_upper_bound(xs[0].cuda(), ys[0].cuda(), q2, estimator="full").cpu(),
+                               club_upper_bound(xs[0], ys[0], q2.cpu(), estimator="full"), **tol)
