@@ -11,4 +11,10 @@ TORCH_LIBRARY(mmfast, m) {
   m.def(
       "propagate(Tensor rowptr, Tensor col, Tensor val, Tensor rowptr_t, Tensor col_t, "
       "Tensor val_t, Tensor x, float[] coeffs) -> Tensor");
+  // Per query row the k largest <query, key> over key rows, skipping the key ids that the CSR
+  // (exclude_rowptr, exclude_col) lists for that row; ties go to the smaller key index; rows
+  // with fewer than k candidates are padded with value -inf and index -1. Not differentiable.
+  m.def(
+      "topk_scores(Tensor queries, Tensor keys, int k, Tensor? exclude_rowptr=None, "
+      "Tensor? exclude_col=None) -> (Tensor values, Tensor indices)");
 }

@@ -13,8 +13,10 @@ from mmfast.ops.graph import (
     spmm_reference,
 )
 from mmfast.ops.sparse_graph import SparseGraph
+from mmfast.ops.topk import CUDA_MAX_K, topk_of_scores, topk_scores, topk_scores_reference
 
 __all__ = [
+    "CUDA_MAX_K",
     "SparseGraph",
     "get_default_backend",
     "layer_coefficients",
@@ -23,5 +25,8 @@ __all__ = [
     "set_default_backend",
     "spmm",
     "spmm_reference",
+    "topk_of_scores",
+    "topk_scores",
+    "topk_scores_reference",
     "use_backend",
 ]
