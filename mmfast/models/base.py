@@ -51,12 +51,21 @@ class Recommender(nn.Module):
     # --------------------------------------------------------------- helpers
     @classmethod
     def default_config(cls) -> dict[str, Any]:
+        """The nearest class in the MRO with a ``config_file``, a package YAML of its name,
+        or ``defaults`` decides (so a subclass inherits its parent's defaults)."""
         from mmfast.trainer.config import load_yaml, model_config_path
 
-        if cls.config_file is not None:
-            return load_yaml(cls.config_file)
-        path = model_config_path(cls.__name__)
-        return load_yaml(path) if path.is_file() else dict(cls.defaults)
+        for klass in cls.__mro__:
+            if not (isinstance(klass, type) and issubclass(klass, Recommender)):
+                break
+            if klass.__dict__.get("config_file") is not None:
+                return load_yaml(klass.__dict__["config_file"])
+            path = model_config_path(klass.__name__)
+            if path.is_file():
+                return load_yaml(path)
+            if klass.__dict__.get("defaults"):
+                return dict(klass.__dict__["defaults"])
+        return {}
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
