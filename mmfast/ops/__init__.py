@@ -12,16 +12,19 @@ from mmfast.ops.graph import (
     spmm,
     spmm_reference,
 )
+from mmfast.ops.metrics import METRICS, rank_metrics
 from mmfast.ops.sparse_graph import SparseGraph
 from mmfast.ops.topk import CUDA_MAX_K, topk_of_scores, topk_scores, topk_scores_reference
 
 __all__ = [
     "CUDA_MAX_K",
+    "METRICS",
     "SparseGraph",
     "get_default_backend",
     "layer_coefficients",
     "propagate",
     "propagate_reference",
+    "rank_metrics",
     "set_default_backend",
     "spmm",
     "spmm_reference",
