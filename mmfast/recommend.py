@@ -53,6 +53,7 @@ def recommend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, item ids), each [len(users), k], excluding each user's training items; rows
     with fewer than k candidates are padded with -inf / -1."""
+    from mmfast.eval.csr import gather_rows
     from mmfast.ops import topk_scores
 
     if k <= 0:
@@ -64,12 +65,7 @@ def recommend(
     user_vecs, item_vecs = model.embeddings()
     train = dataset.train
     # Each requested user's training items as a CSR with one row per query.
-    deg = train.user_degrees()[users]
-    rowptr = torch.zeros(users.numel() + 1, dtype=torch.int64)
-    torch.cumsum(deg, 0, out=rowptr[1:])
-    starts = train.rowptr[users]
-    offsets = torch.arange(int(rowptr[-1])) - torch.repeat_interleave(rowptr[:-1], deg)
-    col = train.items[torch.repeat_interleave(starts, deg) + offsets]
+    rowptr, col = gather_rows(train.rowptr, train.items, users)
     dev = user_vecs.device
     return topk_scores(user_vecs[users.to(dev)], item_vecs, k, exclude=(rowptr.to(dev), col.to(dev)))
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mmfast.data.dataset import Dataset
+from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import DegreeSensitivePruning, bpr_loss
@@ -21,28 +22,15 @@ from mmfast.ops import SparseGraph, propagate
 
 
 def modality_weights(modalities: list[str], image_weight: float) -> dict[str, float]:
-    """MMRec mixes S = a S_image + (1 - a) S_text; with other modality sets the image keeps
-    ``image_weight`` and the others share the rest equally (one modality: weight 1)."""
+    """MMRec mixes S = a S_image + (1 - a) S_text; with other modality sets (TikTok's image +
+    audio) the image keeps ``image_weight`` and the others share the rest equally, and
+    without an image modality all weigh the same (one modality: weight 1)."""
     if len(modalities) == 1:
         return {modalities[0]: 1.0}
     if "image" in modalities:
         rest = (1.0 - image_weight) / (len(modalities) - 1)
         return {m: (image_weight if m == "image" else rest) for m in modalities}
     return {m: 1.0 / len(modalities) for m in modalities}
-
-
-def mixed_knn_graph(features: dict[str, torch.Tensor], k: int, weights: dict[str, float]) -> SparseGraph:
-    """S = sum_m w_m S_m, each S_m MODELS.md §1.4 G2 (binary top-k cosine, 1/sqrt(r_a r_b))."""
-    from mmfast.ops.knn import knn_graph  # the top-k family builds kNN graphs (issue #4)
-
-    graphs = {m: knn_graph(f, k, style="freedom") for m, f in features.items()}
-    rows, cols, vals = [], [], []
-    n = next(iter(features.values())).shape[0]
-    for m, g in graphs.items():
-        rows.append(g.row_indices())
-        cols.append(g.col.long())
-        vals.append(g.val * weights[m])
-    return SparseGraph.from_coo(torch.cat(rows), torch.cat(cols), torch.cat(vals), (n, n))
 
 
 @register()
@@ -77,8 +65,9 @@ class FREEDOM(Recommender):
         )
         self.projections = nn.ModuleDict({m: nn.Linear(t.shape[1], f) for m, t in raw.items()})
         weights = modality_weights(modalities, float(config["mm_image_weight"]))
-        self.mm_adj = mixed_knn_graph(
-            {m: t.to(self.device) for m, t in raw.items()}, int(config["knn_k"]), weights
+        # G2, built once (cached on disk) and frozen.
+        self.mm_adj = item_knn_graph(
+            raw, int(config["knn_k"]), style="freedom", weights=weights, device=self.device
         ).to(self.device)
         self.pruning = DegreeSensitivePruning(dataset.train, float(config["dropout"]), self.device)
         self.full_adj = self.pruning.full()
