@@ -52,19 +52,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_dataset(config: Mapping[str, Any]) -> Dataset:
-    """The dataset named in ``config``: the embedded synthetic one, or ``<data_path>/<name>``."""
+def dataset_root(config: Mapping[str, Any]) -> Path | None:
+    """Where ``config``'s dataset is read from; None for the embedded synthetic one. Raises
+    a ConfigError naming the fix when the folder is missing."""
     name = config["dataset"]
     root = config.get("data_path") or os.environ.get("MMFAST_DATA")
     if name == "synthetic" and (root is None or not (Path(root) / name).is_dir()):
-        ds = mmdata.load("synthetic", **dict(config.get("synthetic") or {}))
-        wanted = config.get("modalities")
-        if wanted is not None:
-            missing = set(wanted) - set(ds.features)
-            if missing:
-                raise cfg.ConfigError(f"synthetic has no {sorted(missing)} features")
-            ds.features = {m: ds.features[m] for m in wanted}
-        return ds
+        return None
     if root is None:
         raise cfg.ConfigError(
             f"dataset {name!r} needs a data folder: --data-root DIR (holding {name}/{name}.inter) "
@@ -76,8 +70,26 @@ def load_dataset(config: Mapping[str, Any]) -> Dataset:
             f"unknown dataset {name!r}: no folder {Path(root) / name}"
             + (f"; {root} holds {', '.join(found)}" if found else f" ({root} has no dataset folders)")
         )
+    return Path(root)
+
+
+def load_dataset(config: Mapping[str, Any]) -> Dataset:
+    """The dataset named in ``config``: the embedded synthetic one, or ``<data_path>/<name>``."""
+    root = dataset_root(config)
+    if root is None:
+        ds = mmdata.load("synthetic", **dict(config.get("synthetic") or {}))
+        wanted = config.get("modalities")
+        if wanted is not None:
+            missing = set(wanted) - set(ds.features)
+            if missing:
+                raise cfg.ConfigError(f"synthetic has no {sorted(missing)} features")
+            ds.features = {m: ds.features[m] for m in wanted}
+        return ds
     kwargs = {k: config.get(k) for k in ("modalities", "feature_dir", "fused_feature")}
-    return mmdata.load(name, root, **{k: v for k, v in kwargs.items() if v is not None})
+    try:
+        return mmdata.load(config["dataset"], root, **{k: v for k, v in kwargs.items() if v is not None})
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise cfg.ConfigError(f"dataset {config['dataset']!r}: {exc}") from None
 
 
 def new_run_dir(out: Path, model: str, dataset: str) -> tuple[Path, str]:
@@ -127,6 +139,9 @@ def run(
     else:
         if config is None:
             raise ValueError("run: pass a config or resume=RUN_DIR")
+        models.get(config["model"])  # fail before creating a run folder
+        dataset_root(config)
+        resolve_device(str(config["device"]))
         run_dir, log_name = new_run_dir(Path(out or config["checkpoint_dir"]),
                                          config["model"], config["dataset"])
         atomic_write_text(run_dir / "config.yaml", cfg.dump(config))
@@ -151,10 +166,7 @@ def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming
     log(f"██Dir: \t{os.getcwd()}\n")
     log(config_block(config))
     log(f"device: {device}, backend: {config['backend']}")
-    try:
-        dataset = load_dataset(config)
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise cfg.ConfigError(f"dataset {config['dataset']!r}: {exc}") from None
+    dataset = load_dataset(config)
     log("\n" + str(dataset))
     evaluate = build_evaluator(dataset, config, device)
     metric = valid_metric(config)
