@@ -88,8 +88,11 @@ class FREEDOM(Recommender):
         loss = bpr_loss(ub, i[positives], i[negatives])
         if self.reg_weight:
             for m, proj in self.projections.items():
-                feats = proj(self.features[m])
-                loss = loss + self.reg_weight * bpr_loss(ub, feats[positives], feats[negatives])
+                # Project only the batch's rows: the same values and gradients as projecting
+                # every item and then indexing (MMRec's order), at a fraction of the work.
+                feats = self.features[m]
+                loss = loss + self.reg_weight * bpr_loss(
+                    ub, proj(feats[positives]), proj(feats[negatives]))
         return loss
 
     @torch.no_grad()
