@@ -85,7 +85,8 @@ def test_nan_loss_stops_and_keeps_best(tmp_path):
     result = _trainer(tmp_path, config, Scripted([0.1, 0.2, 0.3]), "NaNAtEpoch2").fit()
     assert result["status"] == "nan"
     assert len(result["epochs"]) == 3 and "valid" not in result["epochs"][2]
-    assert result["best"]["epoch"] == 1
+    assert result["epochs"][2]["train_loss"] is None and result["best"]["epoch"] == 1
+    json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)  # strict JSON
 
 
 def test_select_valid_vs_mmrec():
@@ -150,3 +151,23 @@ def test_grid_run_folders_and_selection(tmp_path):
     log = next(d.glob("*.log")).read_text()
     assert "=========1/2: Parameters:['seed', 'n_layers', 'reg_weight']=(999, 1, 0.0001)=======" in log
     assert "█████████████ BEST (valid selection) ████████████████" in log
+
+
+def test_backend_torch_trains_the_same_model(tmp_path):
+    """--backend torch runs the same model code on the pure-PyTorch references."""
+    runs = {b: run(tiny_config("FREEDOM", epochs=2, backend=b), out=tmp_path / b, console=False)
+            for b in ("mmfast", "torch")}
+    ea, eb = (json.loads((r.run_dir / "metrics.json").read_text())["epochs"] for r in runs.values())
+    assert [e["train_loss"] for e in ea] == pytest.approx([e["train_loss"] for e in eb], rel=1e-4)
+    assert ea[-1]["valid"]["recall@20"] == pytest.approx(eb[-1]["valid"]["recall@20"], abs=2e-3)
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from mmfast.trainer import progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert progress.use_bar(None) is False and progress.use_bar(True) is True
+    plain = progress.epoch_bar([1, 2], 2, 0, enabled=False)
+    assert list(plain) == [1, 2]
+    bar = progress.epoch_bar([1, 2], 2, 0, enabled=True)
+    assert type(bar).__name__ != "list_iterator" and list(bar) == [1, 2]

@@ -126,6 +126,9 @@ class Trainer:
         epoch = self.start_epoch - 1
         try:
             for epoch in range(self.start_epoch, epochs):
+                if self.stopper.should_stop:  # resumed from the checkpoint of the stopping epoch
+                    self.status = "early_stopped"
+                    break
                 t0 = time.perf_counter()
                 loss = self.train_epoch(epoch)
                 t1 = time.perf_counter()
@@ -134,6 +137,7 @@ class Trainer:
                                           "lr": self.optimizer.param_groups[0]["lr"]}
                 if not math.isfinite(loss):
                     self.status = "nan"
+                    record["train_loss"] = None  # metrics.json stays strict JSON
                     log(f"epoch {epoch} training [time: {t1 - t0:.2f}s, train loss: {loss}]")
                     log("Loss is nan. Stop training; the best result so far is kept.")
                     self.history.append(record)

@@ -76,9 +76,9 @@ def plot_curves(path: Path, epochs: Sequence[Mapping[str, Any]], metric: str,
         if logger:
             logger.info("curves.png skipped: matplotlib is not installed (pip install matplotlib)")
         return False
-    xs = [e["epoch"] for e in epochs]
+    trained = [e for e in epochs if e.get("train_loss") is not None]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot(xs, [e["train_loss"] for e in epochs], marker=".")
+    a.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], marker=".")
     a.set_xlabel("epoch")
     a.set_ylabel("train loss (sum over batches)")
     ev = [e for e in epochs if e.get("valid")]
