@@ -177,3 +177,22 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     saved = torch.load(run_dir / "last.pt", weights_only=False)
     assert saved["epoch"] >= 0 and len(saved["history"]) == saved["epoch"] + 1
     assert not list(run_dir.glob(".*.tmp"))  # no half-written files left behind
+
+
+def test_import_registers_an_outside_model(tmp_path, monkeypatch, capsys):
+    """A model from another package: registered by name, trained without touching the trainer."""
+    (tmp_path / "my_models.py").write_text(
+        "from mmfast.models import LightGCN, register\n"
+        "@register('TinyMF')\n"
+        "class TinyMF(LightGCN):\n"
+        "    defaults = {'embedding_size': 16, 'n_layers': 0, 'reg_weight': 0.0}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "runs"
+    rc = train.main(["--import", "my_models", "-m", "TinyMF", "--epochs", "1", "--device", "cpu",
+                     "--out", str(out), "--progress", "lines", *_sets()])
+    assert rc == 0
+    config = yaml.safe_load((_run_dir(out) / "config.yaml").read_text())
+    assert config["model"] == "TinyMF" and config["embedding_size"] == 16
+    with pytest.raises(SystemExit):
+        train.main(["--import", "no_such_module_xyz", "--list-models"])
