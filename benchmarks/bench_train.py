@@ -43,9 +43,9 @@ def baby():
     return load("synthetic", **BABY, image_dim=4096, text_dim=384)
 
 
-def make_trainer(model: str, backend: str) -> Trainer:
+def make_trainer(model: str, backend: str, *extra: str) -> Trainer:
     config = cfg.resolve(model, "baby", model_defaults=models.get(model).default_config(),
-                         overrides=SINGLE[model], cli={"device": str(DEVICE), "backend": backend})
+                         overrides=[*SINGLE[model], *extra], cli={"device": str(DEVICE), "backend": backend})
     ds = baby()
     torch.manual_seed(999)
     with use_backend(backend):
