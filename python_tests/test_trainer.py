@@ -171,3 +171,27 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert list(plain) == [1, 2]
     bar = progress.epoch_bar([1, 2], 2, 0, enabled=True)
     assert type(bar).__name__ != "list_iterator" and list(bar) == [1, 2]
+
+
+def test_resume_a_grid_skips_finished_points(tmp_path, monkeypatch):
+    config = tiny_config("LightGCN", "n_layers=[1, 2]", epochs=2)
+    full = run(config, out=tmp_path / "a", console=False)
+    original, calls = Trainer.train_epoch, {"n": 0}
+
+    def interrupt_second_point(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # point 0 ran epochs 0-1; Ctrl-C in point 1's first epoch
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_second_point)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(config, out=tmp_path / "b", console=False)
+    assert info.value.folder.parent == tmp_path / "b"  # the run folder, not the point's
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    calls["n"] = 0
+    resumed = run(resume=info.value.folder, console=False)
+    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
+    assert a["grid"] == b["grid"] and a["selected"] == b["selected"] and a["best"] == b["best"]
+    log = next(info.value.folder.glob("*.log")).read_text()
+    assert "=========1/2: Parameters:['seed', 'n_layers', 'reg_weight']=(999, 1, 0.0001) (done)" in log
