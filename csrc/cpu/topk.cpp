@@ -1,5 +1,5 @@
-// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, one block per task of
-// at::parallel_for. A task scores its block against one tile of keys at a time with a GEMM
+// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, handed to the threads
+// of at::parallel_for one at a time. A task scores its block against one tile of keys at a time with a GEMM
 // (at::mm_out; MKL runs single-threaded inside the parallel region) into a small per-thread
 // buffer, and folds each score row into a per-query candidate list: once k keys are held, a
 // key enters only when it beats the running k-th best, and when the list fills up an
@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -158,13 +159,18 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
   scalar_t* out_values = values.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
 
-  at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+  // Threads take blocks from a shared counter rather than fixed ranges, so one thread that
+  // the OS preempts (the CPU is shared) does not hold the rest up. A block's result does not
+  // depend on which thread computes it.
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::min<int64_t>(n_blocks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::vector<RunningTopk<scalar_t>> lists(kQueryBlock);
     std::vector<std::vector<int64_t>> excluded(kQueryBlock);  // sorted key ids per query
     std::vector<size_t> next_excluded(kQueryBlock);
     at::Tensor scores = at::empty({kQueryBlock * tile}, p.queries.options());
 
-    for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
       const int64_t q0 = b * kQueryBlock;
       const int64_t nq = std::min(kQueryBlock, n_queries - q0);
       for (int64_t r = 0; r < nq; ++r) {
