@@ -1,16 +1,19 @@
-// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, one block per task of
-// at::parallel_for. A task scores its block against one tile of keys at a time with a GEMM
+// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, handed to the threads
+// of at::parallel_for one at a time. A task scores its block against one tile of keys at a time with a GEMM
 // (at::mm_out; MKL runs single-threaded inside the parallel region) into a small per-thread
-// buffer, and folds each score row into a per-query candidate list: a key enters only when
-// it beats the running k-th best, and when the list fills up an nth_element cut brings it
-// back to the k best. Keys are visited in ascending order, so a later key that ties the
+// buffer, and folds each score row into a per-query candidate list: once k keys are held, a
+// key enters only when it beats the running k-th best, and when the list fills up an
+// nth_element cut brings it back to the k best. Keys are visited in ascending order, so a later key that ties the
 // k-th best loses the tie, as the contract wants. The tiling depends only on d, never on
 // the thread count, so the results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -25,6 +28,43 @@ constexpr int64_t kQueryBlock = 64;
 int64_t key_tile(int64_t d, size_t elem) {
   const int64_t by_cache = (256 * 1024) / std::max<int64_t>(1, d * static_cast<int64_t>(elem));
   return std::clamp<int64_t>(by_cache / 16 * 16, 256, 2048);
+}
+
+// The first j in [begin, end) with s[j] > threshold, else end. The scan over every score is
+// the hot loop: AVX2 compares 8 floats (4 doubles) at a time where the CPU has it (the
+// extension is built for the baseline ISA, so it is chosen at run time).
+__attribute__((target("avx2"))) int64_t next_above_avx2(const float* s, int64_t j, int64_t end,
+                                                        float threshold) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  for (; j + 8 <= end; j += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + j), t, _CMP_GT_OQ));
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
+}
+
+__attribute__((target("avx2"))) int64_t next_above_avx2(const double* s, int64_t j, int64_t end,
+                                                        double threshold) {
+  const __m256d t = _mm256_set1_pd(threshold);
+  for (; j + 4 <= end; j += 4) {
+    const int mask = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(s + j), t, _CMP_GT_OQ));
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+
+template <typename scalar_t>
+inline int64_t next_above(const scalar_t* s, int64_t j, int64_t end, scalar_t threshold) {
+  if (kHaveAvx2) return next_above_avx2(s, j, end, threshold);
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
 }
 
 template <typename scalar_t>
@@ -55,15 +95,13 @@ class RunningTopk {
 
   // Offers keys first_index + [begin, end) with scores s[begin, end).
   void offer(const scalar_t* s, int64_t begin, int64_t end, int64_t first_index) {
-    constexpr int64_t kChunk = 16;
     int64_t j = begin;
-    for (; full_ && j + kChunk <= end; j += kChunk) {
-      bool any = false;  // a branch-free test that vectorizes: does the chunk hold a winner?
-      for (int64_t t = 0; t < kChunk; ++t) any |= s[j + t] > threshold_;
-      if (!any) continue;
-      for (int64_t t = 0; t < kChunk; ++t) consider(s[j + t], first_index + j + t);
+    for (; !full_ && j < end; ++j) consider(s[j], first_index + j);
+    // Once k are held, only scores above the k-th best can enter: jump from one to the next.
+    while ((j = next_above(s, j, end, threshold_)) < end) {
+      consider(s[j], first_index + j);
+      ++j;
     }
-    for (; j < end; ++j) consider(s[j], first_index + j);
   }
 
   // Writes the k best in order, then -inf / -1 padding.
@@ -80,11 +118,18 @@ class RunningTopk {
 
  private:
   inline void consider(scalar_t score, int64_t index) {
-    // Before the first cut every non-NaN score is a candidate (-inf included); after it, only
-    // scores above the k-th best (a later key never wins a tie). NaN fails both tests.
+    // Until k are held every non-NaN score enters (-inf included); after, only scores above
+    // the k-th best (a later key never wins a tie). NaN fails both tests.
     if (score > threshold_ || (!full_ && score == score)) {
       items_.push_back({score, index});
-      if (static_cast<int64_t>(items_.size()) == cap_) cut();
+      const int64_t n = static_cast<int64_t>(items_.size());
+      if (!full_ && n == k_) {  // the k-th best of exactly k is the smallest
+        threshold_ = items_[0].score;
+        for (const auto& c : items_) threshold_ = std::min(threshold_, c.score);
+        full_ = true;
+      } else if (n == cap_) {
+        cut();
+      }
     }
   }
 
@@ -93,7 +138,6 @@ class RunningTopk {
                      better<scalar_t>);
     threshold_ = items_[k_ - 1].score;
     items_.resize(k_);
-    full_ = true;
   }
 
   int64_t k_ = 1, cap_ = 2;
@@ -109,19 +153,24 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
   const int64_t tile = key_tile(d, sizeof(scalar_t));
   const int64_t n_blocks = (n_queries + kQueryBlock - 1) / kQueryBlock;
   // Room for k plus a good share of new candidates between cuts.
-  const int64_t cap = k + std::max<int64_t>(k, 64);
+  const int64_t cap = 2 * k + 64;
   const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
   const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
   scalar_t* out_values = values.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
 
-  at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+  // Threads take blocks from a shared counter rather than fixed ranges, so one thread that
+  // the OS preempts (the CPU is shared) does not hold the rest up. A block's result does not
+  // depend on which thread computes it.
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::min<int64_t>(n_blocks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::vector<RunningTopk<scalar_t>> lists(kQueryBlock);
     std::vector<std::vector<int64_t>> excluded(kQueryBlock);  // sorted key ids per query
     std::vector<size_t> next_excluded(kQueryBlock);
     at::Tensor scores = at::empty({kQueryBlock * tile}, p.queries.options());
 
-    for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
       const int64_t q0 = b * kQueryBlock;
       const int64_t nq = std::min(kQueryBlock, n_queries - q0);
       for (int64_t r = 0; r < nq; ++r) {

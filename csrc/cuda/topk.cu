@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 merge_sort_kernel(const scalar_t* __restrict__ buf_val, const int32_t* __restrict__ buf_idx,
                   const int32_t* __restrict__ buf_count, int n_splits, int cap, int k,
                   int sort_size, scalar_t* __restrict__ values, int64_t* __restrict__ indices) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* sv = reinterpret_cast<scalar_t*>(smem_raw);
   int32_t* si = reinterpret_cast<int32_t*>(sv + sort_size);
   const int64_t q = blockIdx.x;

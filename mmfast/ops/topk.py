@@ -48,10 +48,10 @@ def topk_scores(
     _check_k(k)
     _check_dense(queries, keys)
     rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device)
+    if rowptr_col is not None and not isinstance(exclude, SparseGraph):  # graphs are checked
+        _check_exclude_range(rowptr_col, keys.shape[0])
     queries, keys = queries.detach(), keys.detach()
     if resolve(backend) == "torch":
-        if rowptr_col is not None and not isinstance(exclude, SparseGraph):
-            _check_exclude_range(rowptr_col, keys.shape[0])
         return topk_scores_reference(queries, keys, k, rowptr_col)
     if queries.is_cuda and k > CUDA_MAX_K:
         raise ValueError(
