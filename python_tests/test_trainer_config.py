@@ -57,6 +57,7 @@ def test_unknown_keys_are_errors_with_suggestions(config_dir, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("learning_rate=fast", "expects a number"),
     ("epochs=0", "epochs must be a positive integer"),
+    ("stopping_step=-1", "stopping_step must be"),
     ("selection=best", "selection must be"),
     ("valid_metric=recall@7", "valid_metric"),
     ("hyper_parameters=[nope]", "names 'nope'"),

@@ -221,6 +221,9 @@ def validate(config: Mapping[str, Any]) -> None:
         values = config[key] if isinstance(config[key], list) else [config[key]]
         if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    steps = config["stopping_step"] if isinstance(config["stopping_step"], list) else [config["stopping_step"]]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in steps):
+        raise ConfigError(f"stopping_step must be an integer >= 0, got {config['stopping_step']!r}")
     valid_metric = str(config.get("valid_metric", "")).lower()
     metrics = [str(m).lower() for m in config.get("metrics", [])]
     name, _, k = valid_metric.partition("@")
