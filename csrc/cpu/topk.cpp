@@ -1,0 +1,237 @@
+// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, handed to the threads
+// of at::parallel_for one at a time. A task scores its block against one tile of keys at a time with a GEMM
+// (at::mm_out; MKL runs single-threaded inside the parallel region) into a small per-thread
+// buffer, and folds each score row into a per-query candidate list: once k keys are held, a
+// key enters only when it beats the running k-th best, and when the list fills up an
+// nth_element cut brings it back to the k best. Keys are visited in ascending order, so a later key that ties the
+// k-th best loses the tie, as the contract wants. The tiling depends only on d, never on
+// the thread count, so the results are deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "../topk.h"
+
+namespace mmfast {
+namespace {
+
+constexpr int64_t kQueryBlock = 64;
+
+// Keys per tile: the tile of keys (and of scores) stays within ~256 KiB of cache.
+int64_t key_tile(int64_t d, size_t elem) {
+  const int64_t by_cache = (256 * 1024) / std::max<int64_t>(1, d * static_cast<int64_t>(elem));
+  return std::clamp<int64_t>(by_cache / 16 * 16, 256, 2048);
+}
+
+// The first j in [begin, end) with s[j] > threshold, else end. The scan over every score is
+// the hot loop: AVX2 compares 8 floats (4 doubles) at a time where the CPU has it (the
+// extension is built for the baseline ISA, so it is chosen at run time).
+__attribute__((target("avx2"))) int64_t next_above_avx2(const float* s, int64_t j, int64_t end,
+                                                        float threshold) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  for (; j + 8 <= end; j += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + j), t, _CMP_GT_OQ));
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
+}
+
+__attribute__((target("avx2"))) int64_t next_above_avx2(const double* s, int64_t j, int64_t end,
+                                                        double threshold) {
+  const __m256d t = _mm256_set1_pd(threshold);
+  for (; j + 4 <= end; j += 4) {
+    const int mask = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(s + j), t, _CMP_GT_OQ));
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+
+template <typename scalar_t>
+inline int64_t next_above(const scalar_t* s, int64_t j, int64_t end, scalar_t threshold) {
+  if (kHaveAvx2) return next_above_avx2(s, j, end, threshold);
+  for (; j < end; ++j)
+    if (s[j] > threshold) return j;
+  return end;
+}
+
+template <typename scalar_t>
+struct Candidate {
+  scalar_t score;
+  int64_t index;
+};
+
+// The contract's order: larger score first, then smaller index.
+template <typename scalar_t>
+inline bool better(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
+// The running top-k of one query: a list of up to `cap` candidates, cut to the k best when
+// full. Once a cut has happened, `threshold` is the k-th best score seen so far.
+template <typename scalar_t>
+class RunningTopk {
+ public:
+  void reset(int64_t k, int64_t cap) {
+    k_ = k;
+    cap_ = cap;
+    items_.clear();
+    items_.reserve(cap);
+    full_ = false;
+    threshold_ = -std::numeric_limits<scalar_t>::infinity();
+  }
+
+  // Offers keys first_index + [begin, end) with scores s[begin, end).
+  void offer(const scalar_t* s, int64_t begin, int64_t end, int64_t first_index) {
+    int64_t j = begin;
+    for (; !full_ && j < end; ++j) consider(s[j], first_index + j);
+    // Once k are held, only scores above the k-th best can enter: jump from one to the next.
+    while ((j = next_above(s, j, end, threshold_)) < end) {
+      consider(s[j], first_index + j);
+      ++j;
+    }
+  }
+
+  // Writes the k best in order, then -inf / -1 padding.
+  void write(scalar_t* values, int64_t* indices) {
+    const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(items_.size()));
+    std::partial_sort(items_.begin(), items_.begin() + n, items_.end(), better<scalar_t>);
+    for (int64_t i = 0; i < n; ++i) {
+      values[i] = items_[i].score;
+      indices[i] = items_[i].index;
+    }
+    std::fill(values + n, values + k_, -std::numeric_limits<scalar_t>::infinity());
+    std::fill(indices + n, indices + k_, int64_t(-1));
+  }
+
+ private:
+  inline void consider(scalar_t score, int64_t index) {
+    // Until k are held every non-NaN score enters (-inf included); after, only scores above
+    // the k-th best (a later key never wins a tie). NaN fails both tests.
+    if (score > threshold_ || (!full_ && score == score)) {
+      items_.push_back({score, index});
+      const int64_t n = static_cast<int64_t>(items_.size());
+      if (!full_ && n == k_) {  // the k-th best of exactly k is the smallest
+        threshold_ = items_[0].score;
+        for (const auto& c : items_) threshold_ = std::min(threshold_, c.score);
+        full_ = true;
+      } else if (n == cap_) {
+        cut();
+      }
+    }
+  }
+
+  void cut() {
+    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(),
+                     better<scalar_t>);
+    threshold_ = items_[k_ - 1].score;
+    items_.resize(k_);
+  }
+
+  int64_t k_ = 1, cap_ = 2;
+  std::vector<Candidate<scalar_t>> items_;
+  bool full_ = false;
+  scalar_t threshold_ = 0;
+};
+
+template <typename scalar_t, typename index_t>
+void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
+  const int64_t n_queries = p.queries.size(0), n_keys = p.keys.size(0), d = p.queries.size(1);
+  const int64_t k = p.k;
+  const int64_t tile = key_tile(d, sizeof(scalar_t));
+  const int64_t n_blocks = (n_queries + kQueryBlock - 1) / kQueryBlock;
+  // Room for k plus a good share of new candidates between cuts.
+  const int64_t cap = 2 * k + 64;
+  const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
+  const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
+  scalar_t* out_values = values.data_ptr<scalar_t>();
+  int64_t* out_indices = indices.data_ptr<int64_t>();
+
+  // Threads take blocks from a shared counter rather than fixed ranges, so one thread that
+  // the OS preempts (the CPU is shared) does not hold the rest up. A block's result does not
+  // depend on which thread computes it.
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::min<int64_t>(n_blocks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    std::vector<RunningTopk<scalar_t>> lists(kQueryBlock);
+    std::vector<std::vector<int64_t>> excluded(kQueryBlock);  // sorted key ids per query
+    std::vector<size_t> next_excluded(kQueryBlock);
+    at::Tensor scores = at::empty({kQueryBlock * tile}, p.queries.options());
+
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
+      const int64_t q0 = b * kQueryBlock;
+      const int64_t nq = std::min(kQueryBlock, n_queries - q0);
+      for (int64_t r = 0; r < nq; ++r) {
+        lists[r].reset(k, cap);
+        excluded[r].clear();
+        next_excluded[r] = 0;
+        if (ex_rowptr != nullptr) {
+          for (int64_t e = ex_rowptr[q0 + r]; e < ex_rowptr[q0 + r + 1]; ++e)
+            excluded[r].push_back(static_cast<int64_t>(ex_col[e]));
+          std::sort(excluded[r].begin(), excluded[r].end());
+        }
+      }
+      const at::Tensor q_block = p.queries.narrow(0, q0, nq);
+      for (int64_t k0 = 0; k0 < n_keys; k0 += tile) {
+        const int64_t nk = std::min(tile, n_keys - k0);
+        at::Tensor out = scores.narrow(0, 0, nq * nk).view({nq, nk});  // contiguous for BLAS
+        if (d > 0) {
+          at::mm_out(out, q_block, p.keys.narrow(0, k0, nk).t());
+        } else {
+          out.zero_();
+        }
+        const scalar_t* s = out.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < nq; ++r) {
+          // Offer the runs of keys between consecutive excluded ids.
+          const std::vector<int64_t>& ex = excluded[r];
+          size_t& e = next_excluded[r];
+          int64_t j = 0;
+          while (j < nk) {
+            while (e < ex.size() && ex[e] < k0 + j) ++e;  // also skips repeated ids
+            const int64_t stop = (e < ex.size() && ex[e] < k0 + nk) ? ex[e] - k0 : nk;
+            lists[r].offer(s + r * nk, j, stop, k0);
+            j = stop + 1;
+          }
+        }
+      }
+      for (int64_t r = 0; r < nq; ++r)
+        lists[r].write(out_values + (q0 + r) * k, out_indices + (q0 + r) * k);
+    }
+  });
+}
+
+void topk_kernel_cpu(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
+  const auto index_type = p.has_exclude ? p.ex_col.scalar_type() : at::kLong;
+  AT_DISPATCH_FLOATING_TYPES(p.queries.scalar_type(), "mmfast_topk_scores_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(index_type, "mmfast_topk_scores_cpu", [&] {
+      topk_blocks<scalar_t, index_t>(p, values, indices);
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& queries,
+                                                   const at::Tensor& keys, int64_t k,
+                                                   const c10::optional<at::Tensor>& exclude_rowptr,
+                                                   const c10::optional<at::Tensor>& exclude_col) {
+  return topk_scores_with(topk_kernel_cpu, queries, keys, k, exclude_rowptr, exclude_col);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+  m.impl("topk_scores", &topk_scores_cpu);
+}
+
+}  // namespace mmfast

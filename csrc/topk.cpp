@@ -1,0 +1,60 @@
+// Device-independent driver of topk_scores: argument checks, allocation, empty shapes.
+#include "topk.h"
+
+#include "checks.h"
+
+namespace mmfast {
+
+std::tuple<at::Tensor, at::Tensor> topk_scores_with(
+    TopkKernel kernel, const at::Tensor& queries, const at::Tensor& keys, int64_t k,
+    const c10::optional<at::Tensor>& exclude_rowptr,
+    const c10::optional<at::Tensor>& exclude_col) {
+  constexpr const char* op = "topk_scores";
+  TORCH_CHECK(k >= 1, op, ": k must be >= 1, got ", k);
+  check_dense(op, "queries", queries, queries.device(), c10::nullopt);
+  check_dense(op, "keys", keys, queries.device(), queries.scalar_type());
+  TORCH_CHECK(queries.size(1) == keys.size(1), op, ": queries have width ", queries.size(1),
+              " but keys have width ", keys.size(1));
+  const int64_t n_queries = queries.size(0), n_keys = keys.size(0);
+
+  TopkProblem p{queries.contiguous(), keys.contiguous(), k, false, {}, {}};
+  TORCH_CHECK(exclude_rowptr.has_value() == exclude_col.has_value(), op,
+              ": exclude_rowptr and exclude_col must be given together");
+  if (exclude_rowptr.has_value()) {
+    const at::Tensor& rowptr = *exclude_rowptr;
+    const at::Tensor& col = *exclude_col;
+    check_csr(op, "exclude", rowptr, col, col);
+    TORCH_CHECK(rowptr.device() == queries.device(), op, ": exclude is on ", rowptr.device(),
+                " but queries are on ", queries.device());
+    TORCH_CHECK(rowptr.numel() == n_queries + 1, op,
+                ": exclude must have one row per query (rowptr of ", n_queries + 1,
+                " entries), got ", rowptr.numel());
+    const int64_t nnz = col.numel();
+    // O(n_queries + nnz) checks, small next to the O(n_queries * n_keys * d) scoring.
+    const at::Tensor ends = rowptr.cpu();
+    const int64_t* rp = ends.data_ptr<int64_t>();
+    TORCH_CHECK(rp[0] == 0 && rp[n_queries] == nnz, op,
+                ": exclude rowptr must start at 0 and end at nnz = ", nnz, ", got ", rp[0],
+                " ... ", rp[n_queries]);
+    if (n_queries > 0) {
+      TORCH_CHECK(!(rowptr.slice(0, 1).lt(rowptr.slice(0, 0, n_queries))).any().item<bool>(), op,
+                  ": exclude rowptr must be non-decreasing (sorted CSR)");
+    }
+    if (nnz > 0) {
+      const auto [lo, hi] = at::aminmax(col);
+      const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+      TORCH_CHECK(lo_v >= 0 && hi_v < n_keys, op, ": exclude holds key ids outside [0, ", n_keys,
+                  "): min ", lo_v, ", max ", hi_v);
+    }
+    p.has_exclude = true;
+    p.ex_rowptr = rowptr.contiguous();
+    p.ex_col = col.contiguous();
+  }
+
+  at::Tensor values = at::empty({n_queries, k}, queries.options());
+  at::Tensor indices = at::empty({n_queries, k}, queries.options().dtype(at::kLong));
+  if (n_queries > 0) kernel(p, values, indices);
+  return {values, indices};
+}
+
+}  // namespace mmfast

@@ -1,0 +1,196 @@
+"""Full-ranking evaluation of every user of a split, in batches, without a users x items matrix.
+
+For each batch of users (MMRec's 4096 by default): the top max(ks) items by
+:func:`mmfast.ops.topk_scores` with the users' training items excluded (only training items,
+as MMRec masks them: when test is evaluated, validation items stay rankable), then
+:func:`mmfast.ops.rank_metrics` on the device. Metric sums are combined across batches and
+read back once.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+
+from mmfast.data.dataset import Dataset, Interactions
+from mmfast.eval.csr import gather_rows
+from mmfast.ops.metrics import METRICS, rank_metrics
+from mmfast.ops.topk import topk_of_scores, topk_scores
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+MMREC_METRICS: tuple[str, ...] = ("recall", "ndcg", "precision", "map")
+
+
+class Evaluator:
+    """Evaluates a model's rankings on a split of ``data`` the way MMRec does.
+
+    ``data`` is a :class:`Dataset` (splits are then named ``"valid"``/``"test"``) or the
+    training :class:`Interactions` alone (splits are then passed as Interactions).
+    ``decimals`` rounds the returned means as MMRec reports them (``None``: unrounded).
+    """
+
+    def __init__(
+        self,
+        data: Union[Dataset, Interactions],
+        *,
+        ks: Iterable[int] = (5, 10, 20, 50),
+        metrics: Sequence[str] = MMREC_METRICS,
+        batch_size: int = 4096,
+        backend: str | None = None,
+        decimals: int | None = 4,
+    ) -> None:
+        if isinstance(data, Dataset):
+            self.dataset: Optional[Dataset] = data
+            self.train = data.train
+        elif isinstance(data, Interactions):
+            self.dataset, self.train = None, data
+        else:
+            raise TypeError(
+                f"Evaluator: data must be a Dataset or the training Interactions, got "
+                f"{type(data).__name__}"
+            )
+        self.ks = sorted(set([ks] if isinstance(ks, int) else ks))
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                              for k in self.ks):
+            raise ValueError(f"Evaluator: ks must be positive ints, got {ks}")
+        self.metrics = tuple(metrics)
+        if not self.metrics or any(m not in METRICS for m in self.metrics):
+            raise ValueError(f"Evaluator: metrics must be a non-empty subset of {METRICS}, "
+                             f"got {self.metrics}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Evaluator: batch_size must be a positive int, got {batch_size}")
+        self.batch_size = batch_size
+        self.backend = backend
+        self.decimals = decimals
+        self.last_counts: dict[str, int] = {}
+        self._on_device: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ public
+    def evaluate(
+        self,
+        split: Union[str, Interactions] = "test",
+        user_emb: torch.Tensor | None = None,
+        item_emb: torch.Tensor | None = None,
+        *,
+        score_fn: ScoreFn | None = None,
+        users: torch.Tensor | None = None,
+        return_topk: bool = False,
+    ) -> Union[dict[str, float], tuple[dict[str, float], torch.Tensor, torch.Tensor]]:
+        """Metrics ``{"recall@20": ..., "ndcg@10": ..., ...}`` over the users of ``split``.
+
+        Score with ``user_emb`` [n_users, d] and ``item_emb`` [n_items, d] (inner product,
+        fused kernel), or with ``score_fn(user_ids) -> scores [len(user_ids), n_items]`` for
+        models that score otherwise (its batch of scores is then masked and ranked in
+        PyTorch). ``users`` overrides the evaluated users (default: those present in the
+        split, as MMRec); users without held-out items are skipped and counted in
+        ``self.last_counts``. With ``return_topk`` also returns the users and their top
+        max(ks) item lists [n_users, max(ks)] (index -1 pads users with fewer candidates).
+        """
+        truth = self._split(split)
+        if (score_fn is None) == (user_emb is None or item_emb is None):
+            raise ValueError(
+                "Evaluator.evaluate: give either user_emb and item_emb, or score_fn"
+            )
+        if score_fn is None:
+            self._check_embeddings(user_emb, item_emb)
+            device = item_emb.device
+        else:
+            device = None  # the device of the scores score_fn returns
+        if users is None:
+            users = truth.active_users()
+        users = torch.as_tensor(users, dtype=torch.int64)
+        if users.dim() != 1 or (users.numel() and (int(users.min()) < 0
+                                                  or int(users.max()) >= self.train.n_users)):
+            raise ValueError(
+                f"Evaluator.evaluate: users must be a 1-D tensor of ids in [0, "
+                f"{self.train.n_users})"
+            )
+        k_max = max(self.ks)
+
+        sums: dict[str, torch.Tensor] = {}
+        lists = []
+        with torch.no_grad():
+            for b0 in range(0, users.numel(), self.batch_size):
+                batch = users[b0:b0 + self.batch_size]
+                if score_fn is None:
+                    batch_dev = batch.to(device)
+                    exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
+                    _, idx = topk_scores(user_emb[batch_dev], item_emb, k_max, exclude,
+                                         backend=self.backend)
+                else:
+                    scores = score_fn(batch)
+                    self._check_scores(scores, batch)
+                    device = scores.device
+                    batch_dev = batch.to(device)
+                    exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
+                    _, idx = topk_of_scores(scores, k_max, exclude)
+                held_out = gather_rows(*self._rows_on(truth, device), batch_dev)
+                part = rank_metrics(idx, held_out, self.ks, self.metrics, reduction="sum")
+                for key, value in part.items():
+                    sums[key] = sums[key] + value if key in sums else value
+                if return_topk:
+                    lists.append(idx)
+
+        n_users = int(sums.pop("n_users")) if sums else 0
+        n_skipped = int(sums.pop("n_skipped")) if sums else 0
+        self.last_counts = {"users": n_users, "skipped": n_skipped}
+        result = {}
+        for m in self.metrics:
+            for k in self.ks:
+                key = f"{m}@{k}"
+                value = float(sums[key]) / n_users if n_users else float("nan")
+                result[key] = round(value, self.decimals) if self.decimals is not None else value
+        if return_topk:
+            topk = torch.cat(lists) if lists else torch.empty(0, k_max, dtype=torch.int64)
+            return result, users, topk
+        return result
+
+    # ------------------------------------------------------------------ internals
+    def _split(self, split: Union[str, Interactions]) -> Interactions:
+        if isinstance(split, Interactions):
+            truth = split
+        elif isinstance(split, str):
+            if self.dataset is None:
+                raise ValueError(
+                    "Evaluator.evaluate: this evaluator was built from Interactions; pass the "
+                    "split's Interactions, not a name"
+                )
+            truth = self.dataset.split(split)
+        else:
+            raise TypeError(f"Evaluator.evaluate: split must be a name or Interactions, got "
+                            f"{type(split).__name__}")
+        if truth.n_users != self.train.n_users or truth.n_items != self.train.n_items:
+            raise ValueError(
+                f"Evaluator.evaluate: the split has {truth.n_users} users x {truth.n_items} "
+                f"items but train has {self.train.n_users} x {self.train.n_items}"
+            )
+        return truth
+
+    def _rows_on(self, part: Interactions, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``part``'s CSR on ``device``, moved once and kept."""
+        key = (id(part), str(device))
+        if key not in self._on_device:
+            col_dtype = torch.int32 if part.n_items < 2**31 else torch.int64
+            self._on_device[key] = (part.rowptr.to(device), part.items.to(device, col_dtype))
+        return self._on_device[key]
+
+    def _check_embeddings(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
+        for name, x, rows in (("user_emb", user_emb, self.train.n_users),
+                              ("item_emb", item_emb, self.train.n_items)):
+            if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != rows:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(
+                    f"Evaluator.evaluate: {name} must be a 2-D tensor with {rows} rows, got {shape}"
+                )
+        if user_emb.device != item_emb.device:
+            raise ValueError(
+                f"Evaluator.evaluate: user_emb is on {user_emb.device} but item_emb is on "
+                f"{item_emb.device}"
+            )
+
+    def _check_scores(self, scores: torch.Tensor, batch: torch.Tensor) -> None:
+        want = (batch.numel(), self.train.n_items)
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != want:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"Evaluator.evaluate: score_fn must return scores of shape {want}, "
+                             f"got {got}")

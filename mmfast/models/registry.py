@@ -1,0 +1,49 @@
+"""Models by name: ``@register`` a class and ``--model Name`` finds it; the trainer never changes."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, TypeVar
+
+from mmfast.models.base import Recommender
+
+_MODELS: dict[str, type[Recommender]] = {}
+M = TypeVar("M", bound=type[Recommender])
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+def register(name: str | None = None) -> Callable[[M], M]:
+    """Class decorator: ``@register()`` uses the class name (MMRec's ``-m`` spelling)."""
+
+    def deco(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+            raise TypeError(f"register: {cls!r} is not a mmfast.models.Recommender subclass")
+        key = name or cls.__name__
+        if key in _MODELS and _MODELS[key] is not cls:
+            raise ValueError(f"register: a different model is already registered as {key!r}")
+        _MODELS[key] = cls
+        return cls
+
+    return deco
+
+
+def get(name: str) -> type[Recommender]:
+    """The model class registered as ``name`` (case-insensitive fallback, with suggestions)."""
+    if name in _MODELS:
+        return _MODELS[name]
+    lower = {k.lower(): k for k in _MODELS}
+    if name.lower() in lower:
+        return _MODELS[lower[name.lower()]]
+    close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} Available: {', '.join(available())} "
+        "(models from other packages: --import MODULE that calls mmfast.models.register)"
+    )
+
+
+def available() -> list[str]:
+    return sorted(_MODELS)

@@ -1,0 +1,26 @@
+"""BPR and the embedding regularizer in MMRec's forms (ordinary PyTorch, DESIGN.md §2.2)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(
+    users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, *, eps: float = 0.0
+) -> torch.Tensor:
+    """mean over the batch of -log sigmoid(<u, p> - <u, n>).
+
+    ``eps=0`` is the log-sigmoid form (FREEDOM's); ``eps=1e-10`` is MMRec's ``BPRLoss``,
+    -log(eps + sigmoid(.)), which LightGCN uses.
+    """
+    diff = (users * positives).sum(-1) - (users * negatives).sum(-1)
+    if eps:
+        return -torch.log(eps + torch.sigmoid(diff)).mean()
+    return -F.logsigmoid(diff).mean()
+
+
+def embedding_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``EmbLoss``: the sum of each tensor's L2 (Frobenius) norm, not squared,
+    divided by the batch size (the rows of the last tensor)."""
+    total = torch.stack([torch.linalg.vector_norm(e) for e in embeddings]).sum()
+    return total / embeddings[-1].shape[0]

@@ -1,0 +1,225 @@
+"""Batched top-K of inner products: ``topk_scores`` (fused scoring + masking + top-K).
+
+For each query row, the k keys with the largest inner product, skipping the key ids that
+``exclude`` lists for that row (e.g. a user's training items). The compiled kernels score
+tiles of keys and fold them into a running top-k per query, so no queries x keys matrix is
+ever written; memory beyond the output is O(queries x k).
+
+Contract, the same on CPU, CUDA and the pure-PyTorch reference:
+
+- order: larger score first; equal scores go to the smaller key index;
+- excluded keys and keys whose score is NaN are never returned;
+- a row with fewer than k candidates is padded with value ``-inf`` and index ``-1``;
+- k >= 1 and any k on CPU; at most :data:`CUDA_MAX_K` (1024) on CUDA;
+- not differentiable (evaluation and graph building only): the inputs are detached.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from mmfast import _ext
+from mmfast.ops._backend import resolve
+from mmfast.ops.sparse_graph import SparseGraph
+
+CUDA_MAX_K = 1024
+
+CsrPair = Tuple[torch.Tensor, torch.Tensor]
+Exclude = Optional[Union[SparseGraph, CsrPair]]
+
+
+def topk_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    exclude: Exclude = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query row, the ``k`` largest ``<query, key>`` over ``keys`` rows.
+
+    ``queries`` [n_queries, d] and ``keys`` [n_keys, d] are float32 or float64 of one dtype,
+    on one device. ``exclude`` is a :class:`SparseGraph` of shape [n_queries, n_keys] or a
+    CSR pair ``(rowptr, col)`` with one row per query; its values are ignored.
+
+    Returns ``(values, indices)``, both [n_queries, k]: values in the queries' dtype, indices
+    int64, sorted by score (ties: smaller index first), padded with ``-inf`` / ``-1``.
+    """
+    _check_k(k)
+    _check_dense(queries, keys)
+    rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device)
+    if rowptr_col is not None and not isinstance(exclude, SparseGraph):  # graphs are checked
+        _check_exclude_range(rowptr_col, keys.shape[0])
+    queries, keys = queries.detach(), keys.detach()
+    if resolve(backend) == "torch":
+        return topk_scores_reference(queries, keys, k, rowptr_col)
+    if queries.is_cuda and k > CUDA_MAX_K:
+        raise ValueError(
+            f"topk_scores: k = {k} exceeds the CUDA kernel's limit of {CUDA_MAX_K}; "
+            "run on CPU or use backend='torch'"
+        )
+    rowptr, col = rowptr_col if rowptr_col is not None else (None, None)
+    return torch.ops.mmfast.topk_scores(queries, keys, k, rowptr, col)
+
+
+# ---------------------------------------------------------------------- references
+def topk_scores_reference(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: Exclude = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure PyTorch: the dense score matrix, masked, then ``torch.topk`` with exact ties."""
+    rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device)
+    return _topk_of_scores_(queries @ keys.T, k, rowptr_col)
+
+
+def topk_of_scores(
+    scores: torch.Tensor, k: int, exclude: Exclude = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_scores`'s contract applied to a given dense score matrix [n_rows, n_keys]
+    (for models that do not score by inner product). ``scores`` is not modified."""
+    _check_k(k)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise ValueError(f"topk_of_scores: scores must be a 2-D tensor, got {_shape(scores)}")
+    if not scores.dtype.is_floating_point:
+        raise TypeError(f"topk_of_scores: scores must be floating point, got {scores.dtype}")
+    rowptr_col = _exclude_csr(exclude, scores.shape[0], scores.shape[1], scores.device)
+    if rowptr_col is not None and not isinstance(exclude, SparseGraph):
+        _check_exclude_range(rowptr_col, scores.shape[1])
+    return _topk_of_scores_(scores.detach().clone(), k, rowptr_col)
+
+
+def _topk_of_scores_(
+    s: torch.Tensor, k: int, exclude: CsrPair | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overwrites ``s``. torch.topk picks the set; rows where a tie straddles the k-th place
+    (or too few candidates remain) are redone with a stable sort, so ties go to the smaller
+    index exactly as in the kernels."""
+    n, n_keys = s.shape
+    blocked = torch.isnan(s)
+    if exclude is not None:
+        rowptr, col = exclude
+        rows = torch.repeat_interleave(
+            torch.arange(n, device=s.device), rowptr[1:] - rowptr[:-1], output_size=col.numel()
+        )
+        blocked[rows, col.long()] = True
+    s.masked_fill_(blocked, float("-inf"))
+    kk = min(k, n_keys)
+    values = s.new_full((n, k), float("-inf"))
+    indices = torch.full((n, k), -1, dtype=torch.int64, device=s.device)
+    if kk == 0 or n == 0:
+        return values, indices
+
+    top, idx = torch.topk(s, kk, dim=1)
+    kth = top[:, -1:]
+    # Put equal scores in index order: sort by index, then stable-sort by score.
+    idx, perm = idx.sort(dim=1)
+    top, perm = top.gather(1, perm).sort(dim=1, descending=True, stable=True)
+    idx = idx.gather(1, perm)
+    redo = ((s == kth).sum(1) != (top == kth).sum(1)) | (kth[:, 0] == float("-inf"))
+    if bool(redo.any()):
+        rows = redo.nonzero().squeeze(1)
+        sub, sub_blocked = s[rows], blocked[rows]
+        order = sub.sort(dim=1, descending=True, stable=True).indices
+        # Candidates before blocked keys, keeping score order (then index order) inside each.
+        order = order.gather(1, sub_blocked.gather(1, order).to(torch.int8).sort(
+            dim=1, stable=True).indices)[:, :kk]
+        gone = sub_blocked.gather(1, order)
+        top[rows] = sub.gather(1, order).masked_fill(gone, float("-inf"))
+        idx[rows] = order.masked_fill(gone, -1)
+    values[:, :kk] = top
+    indices[:, :kk] = idx
+    return values, indices
+
+
+# ---------------------------------------------------------------------- checks
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"topk_scores: k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"topk_scores: k must be >= 1, got {k}")
+
+
+def _check_dense(queries: torch.Tensor, keys: torch.Tensor) -> None:
+    for name, x in (("queries", queries), ("keys", keys)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise ValueError(f"topk_scores: {name} must be a 2-D tensor [rows, d], got {_shape(x)}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"topk_scores: {name} must be float32 or float64, got {x.dtype}")
+    if queries.dtype != keys.dtype:
+        raise TypeError(f"topk_scores: queries are {queries.dtype} but keys are {keys.dtype}")
+    if queries.device != keys.device:
+        raise ValueError(
+            f"topk_scores: queries are on {queries.device} but keys are on {keys.device}"
+        )
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"topk_scores: queries have width {queries.shape[1]} but keys have width "
+            f"{keys.shape[1]}"
+        )
+
+
+def _exclude_csr(
+    exclude: Exclude, n_rows: int, n_keys: int, device: torch.device
+) -> CsrPair | None:
+    """``exclude`` as a checked (rowptr int64, col int32/int64) pair, or None."""
+    if exclude is None:
+        return None
+    if isinstance(exclude, SparseGraph):
+        if exclude.shape != (n_rows, n_keys):
+            raise ValueError(
+                f"topk_scores: exclude must have shape (n_queries, n_keys) = {(n_rows, n_keys)}, "
+                f"got {exclude.shape}"
+            )
+        rowptr, col = exclude.rowptr, exclude.col
+    elif isinstance(exclude, (tuple, list)) and len(exclude) == 2:
+        rowptr, col = exclude
+        if not (isinstance(rowptr, torch.Tensor) and rowptr.dim() == 1
+                and rowptr.dtype == torch.int64):
+            raise TypeError(f"topk_scores: exclude rowptr must be a 1-D int64 tensor, got "
+                            f"{_shape(rowptr)} {getattr(rowptr, 'dtype', '')}")
+        if not (isinstance(col, torch.Tensor) and col.dim() == 1
+                and col.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"topk_scores: exclude col must be a 1-D int32 or int64 tensor, got "
+                            f"{_shape(col)} {getattr(col, 'dtype', '')}")
+        if rowptr.numel() != n_rows + 1:
+            raise ValueError(
+                f"topk_scores: exclude must have one row per query (rowptr of {n_rows + 1} "
+                f"entries), got {rowptr.numel()}"
+            )
+    else:
+        raise TypeError(
+            "topk_scores: exclude must be None, a SparseGraph or a (rowptr, col) pair, got "
+            f"{type(exclude).__name__}"
+        )
+    if rowptr.device != device or col.device != device:
+        raise ValueError(f"topk_scores: exclude is on {rowptr.device} but queries are on {device}")
+    return rowptr, col
+
+
+def _check_exclude_range(rowptr_col: CsrPair, n_keys: int) -> None:
+    rowptr, col = rowptr_col
+    if int(rowptr[0]) != 0 or int(rowptr[-1]) != col.numel():
+        raise ValueError(
+            f"topk_scores: exclude rowptr must start at 0 and end at nnz = {col.numel()}, got "
+            f"{int(rowptr[0])} ... {int(rowptr[-1])}"
+        )
+    if rowptr.numel() > 1 and bool((rowptr[1:] < rowptr[:-1]).any()):
+        raise ValueError("topk_scores: exclude rowptr must be non-decreasing (sorted CSR)")
+    if col.numel():
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= n_keys:
+            raise ValueError(
+                f"topk_scores: exclude holds key ids outside [0, {n_keys}): min {lo}, max {hi}"
+            )
+
+
+# ---------------------------------------------------------------------- registration
+if _ext.available():
+
+    @torch.library.register_fake("mmfast::topk_scores")
+    def _topk_scores_fake(queries, keys, k, exclude_rowptr=None, exclude_col=None):
+        n = queries.shape[0]
+        return queries.new_empty((n, k)), queries.new_empty((n, k), dtype=torch.int64)

@@ -1,0 +1,244 @@
+"""One experiment: a run folder, the dataset, every grid point trained, the selected result.
+
+Run folder ``<out>/<Model>-<dataset>-<timestamp>/``: the log (MMRec's name and layout),
+``config.yaml`` (as resolved, grid lists included), ``metrics.json``, ``best.pt``,
+``last.pt`` and ``curves.png``. With a grid of several points each point trains in
+``grid/<index>/`` with its own files, and the top level holds the selected point's
+``best.pt``, ``curves.png`` and ``metrics.json`` (plus a ``grid`` summary).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from mmfast import data as mmdata
+from mmfast import models
+from mmfast.data.dataset import Dataset, DataFormatError
+from mmfast.ops import use_backend
+from mmfast.trainer import config as cfg
+from mmfast.trainer.checkpoint import atomic_copy, atomic_write_text, seed_everything
+from mmfast.trainer.evaluation import build_evaluator, valid_metric
+from mmfast.trainer.fit import BEST, CURVES, LAST, METRICS, Trainer, TrainingInterrupted
+from mmfast.trainer.progress import use_bar
+from mmfast.trainer.runlog import (
+    close_logger, config_block, dict2str, setup_logger, write_metrics,
+)
+
+DONE = ("finished", "early_stopped", "nan")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best: dict[str, Any]
+    params: dict[str, Any]
+    selected: int
+    points: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise cfg.ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def dataset_root(config: Mapping[str, Any]) -> Path | None:
+    """Where ``config``'s dataset is read from; None for the embedded synthetic one. Raises
+    a ConfigError naming the fix when the folder is missing."""
+    name = config["dataset"]
+    root = config.get("data_path") or os.environ.get("MMFAST_DATA")
+    if name == "synthetic" and (root is None or not (Path(root) / name).is_dir()):
+        return None
+    if root is None:
+        raise cfg.ConfigError(
+            f"dataset {name!r} needs a data folder: --data-root DIR (holding {name}/{name}.inter) "
+            "or $MMFAST_DATA; the embedded dataset is 'synthetic'"
+        )
+    if not (Path(root) / name).is_dir():
+        found = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
+        raise cfg.ConfigError(
+            f"unknown dataset {name!r}: no folder {Path(root) / name}"
+            + (f"; {root} holds {', '.join(found)}" if found else f" ({root} has no dataset folders)")
+        )
+    return Path(root)
+
+
+def load_dataset(config: Mapping[str, Any]) -> Dataset:
+    """The dataset named in ``config``: the embedded synthetic one, or ``<data_path>/<name>``."""
+    root = dataset_root(config)
+    if root is None:
+        ds = mmdata.load("synthetic", **dict(config.get("synthetic") or {}))
+        wanted = config.get("modalities")
+        if wanted is not None:
+            missing = set(wanted) - set(ds.features)
+            if missing:
+                raise cfg.ConfigError(f"synthetic has no {sorted(missing)} features")
+            ds.features = {m: ds.features[m] for m in wanted}
+        return ds
+    kwargs = {k: config.get(k) for k in ("modalities", "feature_dir", "fused_feature")}
+    try:
+        return mmdata.load(config["dataset"], root, **{k: v for k, v in kwargs.items() if v is not None})
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise cfg.ConfigError(f"dataset {config['dataset']!r}: {exc}") from None
+
+
+def new_run_dir(out: Path, model: str, dataset: str) -> tuple[Path, str]:
+    stamp = time.strftime("%b-%d-%Y-%H-%M-%S")
+    base = f"{model}-{dataset}-{stamp}"
+    run_dir, n = out / base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = out / f"{base}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir, f"{base}.log"
+
+
+def _params_str(params: Mapping[str, Any]) -> str:
+    return f"{list(params)}={tuple(params.values())}"
+
+
+def select(points: list[dict[str, Any]], metric: str, mode: str) -> int:
+    """Index of the chosen point: best valid score (``valid``), or MMRec's choice, the best
+    test-at-best-valid score (``mmrec``). Ties keep the earlier point; points that never
+    evaluated are skipped."""
+    split = "valid" if mode == "valid" else "test"
+    best_i, best_v = -1, float("-inf")
+    for i, p in enumerate(points):
+        v = p["best"][split].get(metric) if p["best"].get(split) else None
+        if v is not None and v > best_v:
+            best_i, best_v = i, v
+    return best_i
+
+
+def run(
+    config: Mapping[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    console: bool = True,
+) -> RunResult:
+    """Train every grid point of ``config`` (or continue the run in ``resume``)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise cfg.ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        config = cfg.load_yaml(run_dir / "config.yaml")
+        logs = sorted(run_dir.glob("*.log"))
+        log_name = logs[0].name if logs else f"{run_dir.name}.log"
+    else:
+        if config is None:
+            raise ValueError("run: pass a config or resume=RUN_DIR")
+        models.get(config["model"])  # fail before creating a run folder
+        dataset_root(config)
+        resolve_device(str(config["device"]))
+        run_dir, log_name = new_run_dir(Path(out or config["checkpoint_dir"]),
+                                         config["model"], config["dataset"])
+        atomic_write_text(run_dir / "config.yaml", cfg.dump(config))
+    logger = setup_logger(run_dir / log_name, console=console)
+    try:
+        with use_backend(config["backend"]):
+            return _run(dict(config), run_dir, logger, resume is not None, use_bar(progress))
+    except TrainingInterrupted as exc:  # resume takes the run folder, not a grid point's
+        raise TrainingInterrupted(run_dir, exc.epoch) from None
+    finally:
+        close_logger(logger)
+
+
+def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming: bool,
+         bar: bool) -> RunResult:
+    log = logger.info
+    model_cls = models.get(config["model"])
+    device = resolve_device(str(config["device"]))
+    if resuming:
+        log(f"\n████ resuming {run_dir} ████")
+    log(f"██Server: \t{os.uname().nodename}")
+    log(f"██Dir: \t{os.getcwd()}\n")
+    log(config_block(config))
+    log(f"device: {device}, backend: {config['backend']}")
+    dataset = load_dataset(config)
+    log("\n" + str(dataset))
+    evaluate = build_evaluator(dataset, config, device)
+    metric = valid_metric(config)
+    grid = cfg.grid_points(config)
+    points: list[dict[str, Any]] = []
+    current = -1
+    for idx, point in enumerate(grid):
+        params = cfg.point_params(config, point)
+        folder = run_dir if len(grid) == 1 else run_dir / "grid" / f"{idx:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        done = _saved_result(folder / METRICS) if resuming else None
+        if done is not None and done["status"] in DONE:
+            log(f"========={idx + 1}/{len(grid)}: Parameters:{_params_str(params)} (done)=======")
+            points.append(done)
+        else:
+            log(f"========={idx + 1}/{len(grid)}: Parameters:{_params_str(params)}=======")
+            points.append(_fit_point(point, params, model_cls, dataset, device, evaluate,
+                                     folder, logger, resuming, bar))
+        res = points[-1]
+        log(f"best valid result: {dict2str(res['best']['valid'])}")
+        log(f"test result: {dict2str(res['best']['test'])}")
+        current = select(points, metric, config["selection"])
+        if current >= 0:
+            b = points[current]
+            log(f"████Current BEST████:\nParameters: {_params_str(b['params'])},\n"
+                f"Valid: {dict2str(b['best']['valid'])},\nTest: {dict2str(b['best']['test'])}\n\n")
+    return _finish(config, run_dir, logger, points, current, len(grid))
+
+
+def _saved_result(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _fit_point(point, params, model_cls, dataset, device, evaluate, folder, logger, resuming,
+               bar) -> dict[str, Any]:
+    seed = int(point["seed"])
+    seed_everything(seed)  # MMRec reseeds before every grid point
+    model = model_cls(point, dataset, device).to(device)
+    logger.info(str(model))
+    sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device, seed=seed)
+    trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params, progress=bar)
+    if resuming and (folder / LAST).is_file():
+        trainer.resume(folder / LAST)
+    return trainer.fit()
+
+
+def _finish(config, run_dir: Path, logger, points, selected: int, n: int) -> RunResult:
+    log = logger.info
+    log("\n============All Over=====================")
+    for p in points:
+        log(f"Parameters: {_params_str(p['params'])},\n best valid: {dict2str(p['best']['valid'])},"
+            f"\n best test: {dict2str(p['best']['test'])}")
+    if selected < 0:
+        log("No grid point produced an evaluation (all stopped before their first one).")
+        chosen = points[0]
+    else:
+        chosen = points[selected]
+        log(f"\n\n█████████████ BEST ({config['selection']} selection) ████████████████")
+        log(f"\tParameters: {_params_str(chosen['params'])},\nValid: "
+            f"{dict2str(chosen['best']['valid'])},\nTest: {dict2str(chosen['best']['test'])}\n\n")
+    summary = dict(chosen)
+    summary["selection"] = config["selection"]
+    if n > 1:
+        summary["selected"] = selected
+        summary["grid"] = [{"index": i, "params": p["params"], "status": p["status"],
+                            "best": p["best"]} for i, p in enumerate(points)]
+        src = run_dir / "grid" / f"{max(selected, 0):03d}"
+        for name in (BEST, CURVES):
+            if (src / name).is_file():
+                atomic_copy(src / name, run_dir / name)
+    write_metrics(run_dir / METRICS, summary)
+    log(f"outputs in {run_dir}")
+    return RunResult(run_dir, chosen["best"], chosen["params"], selected, points)

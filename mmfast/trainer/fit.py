@@ -1,0 +1,189 @@
+"""Training of one configuration (one grid point): MMRec's epoch loop, resumable.
+
+Per epoch: the model's pre-epoch hook, a pass over freshly sampled (user, pos, neg) batches
+with Adam, the LambdaLR step, the post-epoch hook, then valid and test evaluation every
+``eval_step`` epochs, early stopping on the valid metric, ``best.pt`` on a new best and
+``last.pt`` (everything needed to continue, RNG streams included) every
+``checkpoint_every`` epochs. The batch loss is summed on the device and read once per epoch,
+so a training step never waits for the device.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from mmfast.data.sampler import NegativeSampler
+from mmfast.models.base import Recommender
+from mmfast.trainer.checkpoint import atomic_torch_save, rng_state, set_rng_state
+from mmfast.trainer.early_stopping import EarlyStopping
+from mmfast.trainer.evaluation import SplitEvaluator, valid_metric
+from mmfast.trainer.progress import epoch_bar
+from mmfast.trainer.runlog import dict2str, plot_curves, write_metrics
+
+BEST, LAST, METRICS, CURVES = "best.pt", "last.pt", "metrics.json", "curves.png"
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; the last completed checkpoint is on disk."""
+
+    def __init__(self, folder: Path, epoch: int) -> None:
+        super().__init__(f"interrupted; last checkpointed epoch {epoch} in {folder}")
+        self.folder, self.epoch = folder, epoch
+
+
+class Trainer:
+    """Fits ``model`` with MMRec's protocol and writes its outputs into ``folder``."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        model: Recommender,
+        sampler: NegativeSampler,
+        evaluate: SplitEvaluator,
+        folder: Path,
+        logger: logging.Logger,
+        *,
+        params: Mapping[str, Any] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.config, self.model, self.sampler, self.evaluate = config, model, sampler, evaluate
+        self.folder, self.logger, self.progress = Path(folder), logger, progress
+        self.params = dict(params or {})
+        self.metric = valid_metric(config)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            trainable, lr=float(config["learning_rate"]), weight_decay=float(config["weight_decay"])
+        )
+        gamma, period = (float(x) for x in config["learning_rate_scheduler"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: gamma ** (epoch / period)
+        )
+        self.stopper = EarlyStopping(int(config["stopping_step"]))
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"valid": {}, "test": {}, "epoch": None}
+        self.start_epoch = 0
+        self.saved_epoch = -1  # the epoch last.pt continues after
+        self.status = "running"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "stopper": self.stopper.state_dict(), "history": self.history, "best": self.best,
+            "sampler": self.sampler.generator.get_state(), "rng": rng_state(),
+            "params": self.params, "status": self.status,
+        }
+
+    def resume(self, path: Path) -> None:
+        """Continue after the epoch saved in ``path`` (a ``last.pt``)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.history, self.best = state["history"], state["best"]
+        self.sampler.generator.set_state(state["sampler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        self.saved_epoch = state["epoch"]
+        self.logger.info(f"resumed from {path} after epoch {state['epoch']}")
+
+    def result(self) -> dict[str, Any]:
+        return {"params": self.params, "status": self.status, "best": self.best,
+                "epochs": self.history}
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.model.pre_epoch_processing()
+        total = torch.zeros((), device=self.sampler.device)
+        for users, pos, neg in epoch_bar(self.sampler, len(self.sampler), epoch, self.progress):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.model.calculate_loss(users, pos, neg)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        self.scheduler.step()
+        self.model.post_epoch_processing()
+        return float(total)  # the one host sync of the epoch
+
+    @torch.no_grad()
+    def evaluate_splits(self) -> tuple[dict[str, float], dict[str, float]]:
+        self.model.eval()
+        users, items = self.model.embeddings()
+        return self.evaluate(users, items, "valid"), self.evaluate(users, items, "test")
+
+    def fit(self) -> dict[str, Any]:
+        epochs, eval_step = int(self.config["epochs"]), int(self.config["eval_step"])
+        every = int(self.config["checkpoint_every"])
+        log = self.logger.info
+        epoch = self.start_epoch - 1
+        try:
+            for epoch in range(self.start_epoch, epochs):
+                if self.stopper.should_stop:  # resumed from the checkpoint of the stopping epoch
+                    self.status = "early_stopped"
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_epoch(epoch)
+                t1 = time.perf_counter()
+                record: dict[str, Any] = {"epoch": epoch, "train_loss": loss,
+                                          "train_time": round(t1 - t0, 4),
+                                          "lr": self.optimizer.param_groups[0]["lr"]}
+                if not math.isfinite(loss):
+                    self.status = "nan"
+                    record["train_loss"] = None  # metrics.json stays strict JSON
+                    log(f"epoch {epoch} training [time: {t1 - t0:.2f}s, train loss: {loss}]")
+                    log("Loss is nan. Stop training; the best result so far is kept.")
+                    self.history.append(record)
+                    break
+                log(f"epoch {epoch} training [time: {t1 - t0:.2f}s, train loss: {loss:.4f}]")
+                stop = False
+                if (epoch + 1) % eval_step == 0:
+                    valid, test = self.evaluate_splits()
+                    t2 = time.perf_counter()
+                    score = valid[self.metric]
+                    record.update(eval_time=round(t2 - t1, 4), valid=valid, test=test)
+                    log(f"epoch {epoch} evaluating [time: {t2 - t1:.2f}s, valid_score: {score:.6f}]")
+                    log(f"valid result: \n{dict2str(valid)}")
+                    log(f"test result: \n{dict2str(test)}")
+                    if self.stopper.step(score):
+                        self.best = {"valid": valid, "test": test, "epoch": epoch}
+                        atomic_torch_save(self._best_payload(epoch), self.folder / BEST)
+                        log(f"██ {self.config['model']}--Best validation results updated!!!")
+                    stop = self.stopper.should_stop
+                self.history.append(record)
+                if stop:
+                    self.status = "early_stopped"
+                elif epoch + 1 == epochs:
+                    self.status = "finished"
+                if stop or (epoch + 1) % every == 0 or epoch + 1 == epochs:
+                    atomic_torch_save(self.state_dict(epoch), self.folder / LAST)
+                    self.saved_epoch = epoch
+                write_metrics(self.folder / METRICS, self.result())
+                if stop:
+                    log(f"Finished training, best eval result in epoch {self.best['epoch']}")
+                    break
+            else:
+                if self.status == "running":  # resumed after the last epoch already ran
+                    self.status = "finished"
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+            write_metrics(self.folder / METRICS, self.result())
+            done = self.saved_epoch
+            log(f"Interrupted during epoch {epoch}; resumable after epoch {done} "
+                f"(python -m mmfast.train --resume {self.folder.resolve()})")
+            raise TrainingInterrupted(self.folder, done) from None
+        write_metrics(self.folder / METRICS, self.result())
+        plot_curves(self.folder / CURVES, self.history, self.metric, self.logger)
+        return self.result()
+
+    def _best_payload(self, epoch: int) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "model_name": self.config["model"],
+                "config": dict(self.config), "params": self.params, "epoch": epoch,
+                "valid": self.best["valid"], "test": self.best["test"]}
