@@ -13,6 +13,10 @@ speed and memory only), top-50 with training items masked:
 Scales: Amazon Baby (19,445 x 7,050) and Clothing (39,387 x 23,033), the real interaction
 graphs when ../shared/data holds them (synthetic graphs of their shape otherwise), and a 10x
 synthetic scale (400k users x 200k items) only with MMFAST_BENCH_LARGE=1 (minutes on CPU).
+
+- ``knn``: the item kNN graph (k = 10) of random features, mmfast vs ``backend="torch"``
+  (dense similarity blocks of 8192 rows + torch.topk), at Baby's 7,050 items x 384 and, with
+  MMFAST_BENCH_LARGE=1, Elec's 63,001 items x 4,096.
 """
 from __future__ import annotations
 
@@ -104,3 +108,22 @@ def test_evaluate(compare, scale, backend):
     evaluator = Evaluator(train, ks=(5, 10, 20, 50), batch_size=BATCH, backend=backend)
     compare(f"evaluate {scale}", backend, lambda: evaluator.evaluate(test, users, items),
             rounds=ROUNDS[scale])
+
+
+# ---------------------------------------------------------------------- item kNN graphs
+# (items, feature width): Baby's 384-d text features, and Amazon Elec's 4096-d image
+# features (63,001 items; the dense similarity matrix alone would be 15.9 GB) when
+# MMFAST_BENCH_LARGE=1. Random features of the real widths: speed and memory only.
+KNN_SCALES = {"baby-text384": (7_050, 384), "elec-image4096": (63_001, 4_096)}
+KNN_ACTIVE = [s for s in KNN_SCALES if s.startswith("baby") or LARGE]
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+@pytest.mark.parametrize("scale", KNN_ACTIVE)
+def test_knn_graph(compare, scale, backend):
+    from mmfast.data.knn import knn_graph
+
+    n, width = KNN_SCALES[scale]
+    x = torch.randn(n, width, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    compare(f"knn k=10 {scale}", backend, lambda: knn_graph(x, 10, backend=backend),
+            rounds=1 if scale.startswith("elec") else 3)

@@ -224,6 +224,9 @@ def test_errors(backend):
     with pytest.raises(ValueError, match=r"exclude must have shape \(n_queries, n_keys\)"):
         topk_scores(q, keys, 2, SparseGraph(rowptr, torch.tensor([0, 1, 2]), torch.ones(3), (3, 7)),
                     backend=backend)
+    triple = (rowptr, torch.tensor([0, 5, 1]), torch.ones(3))
+    assert torch.equal(topk_scores(q, keys, 2, triple, backend=backend)[1],
+                       topk_scores(q, keys, 2, triple[:2], backend=backend)[1])
     with pytest.raises(TypeError, match="exclude must be None, a SparseGraph or a"):
         topk_scores(q, keys, 2, torch.zeros(3, 6), backend=backend)
 

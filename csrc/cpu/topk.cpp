@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -22,11 +23,12 @@
 namespace mmfast {
 namespace {
 
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kQueryBlock = 128;
 
-// Keys per tile: the tile of keys (and of scores) stays within ~256 KiB of cache.
+// Keys per tile: the tile of keys stays within ~128 KiB of cache (and so, for d = 64, does
+// the tile of scores: 128 queries x 512 keys in float32 is 256 KiB).
 int64_t key_tile(int64_t d, size_t elem) {
-  const int64_t by_cache = (256 * 1024) / std::max<int64_t>(1, d * static_cast<int64_t>(elem));
+  const int64_t by_cache = (128 * 1024) / std::max<int64_t>(1, d * static_cast<int64_t>(elem));
   return std::clamp<int64_t>(by_cache / 16 * 16, 256, 2048);
 }
 
@@ -73,16 +75,54 @@ struct Candidate {
   int64_t index;
 };
 
-// The contract's order: larger score first, then smaller index.
+// How a candidate is stored. float: one uint64 whose integer order is the contract's order
+// (the score's bits made monotone in the high word, the complemented index in the low word),
+// so cuts and sorts compare integers. double: a (score, index) pair. -0.0 is stored as +0.0,
+// which compares equal to it.
 template <typename scalar_t>
-inline bool better(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
-  return a.score > b.score || (a.score == b.score && a.index < b.index);
-}
+struct Packed;
+
+template <>
+struct Packed<float> {
+  using Item = uint64_t;
+  static Item make(float s, int64_t index) {
+    s = s == 0.0f ? 0.0f : s;
+    uint32_t u;
+    std::memcpy(&u, &s, sizeof(u));
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(index));
+  }
+  static float score(Item item) {
+    uint32_t u = static_cast<uint32_t>(item >> 32);
+    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+    float s;
+    std::memcpy(&s, &u, sizeof(s));
+    return s;
+  }
+  static int64_t index(Item item) {
+    return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(item));
+  }
+  static bool better(Item a, Item b) { return a > b; }
+};
+
+template <>
+struct Packed<double> {
+  using Item = Candidate<double>;
+  static Item make(double s, int64_t index) { return {s, index}; }
+  static double score(const Item& item) { return item.score; }
+  static int64_t index(const Item& item) { return item.index; }
+  // The contract's order: larger score first, then smaller index.
+  static bool better(const Item& a, const Item& b) {
+    return a.score > b.score || (a.score == b.score && a.index < b.index);
+  }
+};
 
 // The running top-k of one query: a list of up to `cap` candidates, cut to the k best when
 // full. Once a cut has happened, `threshold` is the k-th best score seen so far.
 template <typename scalar_t>
 class RunningTopk {
+  using P = Packed<scalar_t>;
+
  public:
   void reset(int64_t k, int64_t cap) {
     k_ = k;
@@ -107,10 +147,10 @@ class RunningTopk {
   // Writes the k best in order, then -inf / -1 padding.
   void write(scalar_t* values, int64_t* indices) {
     const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(items_.size()));
-    std::partial_sort(items_.begin(), items_.begin() + n, items_.end(), better<scalar_t>);
+    std::partial_sort(items_.begin(), items_.begin() + n, items_.end(), P::better);
     for (int64_t i = 0; i < n; ++i) {
-      values[i] = items_[i].score;
-      indices[i] = items_[i].index;
+      values[i] = P::score(items_[i]);
+      indices[i] = P::index(items_[i]);
     }
     std::fill(values + n, values + k_, -std::numeric_limits<scalar_t>::infinity());
     std::fill(indices + n, indices + k_, int64_t(-1));
@@ -121,11 +161,11 @@ class RunningTopk {
     // Until k are held every non-NaN score enters (-inf included); after, only scores above
     // the k-th best (a later key never wins a tie). NaN fails both tests.
     if (score > threshold_ || (!full_ && score == score)) {
-      items_.push_back({score, index});
+      items_.push_back(P::make(score, index));
       const int64_t n = static_cast<int64_t>(items_.size());
       if (!full_ && n == k_) {  // the k-th best of exactly k is the smallest
-        threshold_ = items_[0].score;
-        for (const auto& c : items_) threshold_ = std::min(threshold_, c.score);
+        threshold_ = score;
+        for (const auto& c : items_) threshold_ = std::min(threshold_, P::score(c));
         full_ = true;
       } else if (n == cap_) {
         cut();
@@ -134,14 +174,13 @@ class RunningTopk {
   }
 
   void cut() {
-    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(),
-                     better<scalar_t>);
-    threshold_ = items_[k_ - 1].score;
+    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(), P::better);
+    threshold_ = P::score(items_[k_ - 1]);
     items_.resize(k_);
   }
 
   int64_t k_ = 1, cap_ = 2;
-  std::vector<Candidate<scalar_t>> items_;
+  std::vector<typename P::Item> items_;
   bool full_ = false;
   scalar_t threshold_ = 0;
 };
@@ -150,6 +189,8 @@ template <typename scalar_t, typename index_t>
 void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
   const int64_t n_queries = p.queries.size(0), n_keys = p.keys.size(0), d = p.queries.size(1);
   const int64_t k = p.k;
+  TORCH_CHECK(n_keys <= 0xffffffffLL, "topk_scores: the CPU kernel takes at most 2^32 - 1 keys, got ",
+              n_keys);
   const int64_t tile = key_tile(d, sizeof(scalar_t));
   const int64_t n_blocks = (n_queries + kQueryBlock - 1) / kQueryBlock;
   // Room for k plus a good share of new candidates between cuts.

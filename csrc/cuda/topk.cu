@@ -41,13 +41,15 @@ constexpr int kMaxMerge = 4096;              // candidates one merge block sorts
 constexpr int kMergeThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-// Bit patterns that order like the floats they encode (NaN never reaches them).
+// Bit patterns that order like the floats they encode (NaN never reaches them); -0.0 maps
+// to +0.0's pattern, since the two compare equal.
 __device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t u = __float_as_uint(x);
+  const uint32_t u = __float_as_uint(x == 0.0f ? 0.0f : x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ __forceinline__ unsigned long long order_key(double x) {
-  const unsigned long long u = static_cast<unsigned long long>(__double_as_longlong(x));
+  const unsigned long long u =
+      static_cast<unsigned long long>(__double_as_longlong(x == 0.0 ? 0.0 : x));
   return (u >> 63) ? ~u : (u | (1ull << 63));
 }
 __device__ __forceinline__ float from_order_key(uint32_t key) {

@@ -26,7 +26,7 @@ from mmfast.ops.sparse_graph import SparseGraph
 CUDA_MAX_K = 1024
 
 CsrPair = Tuple[torch.Tensor, torch.Tensor]
-Exclude = Optional[Union[SparseGraph, CsrPair]]
+Exclude = Optional[Union[SparseGraph, CsrPair, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
 
 
 def topk_scores(
@@ -40,7 +40,7 @@ def topk_scores(
 
     ``queries`` [n_queries, d] and ``keys`` [n_keys, d] are float32 or float64 of one dtype,
     on one device. ``exclude`` is a :class:`SparseGraph` of shape [n_queries, n_keys] or a
-    CSR pair ``(rowptr, col)`` with one row per query; its values are ignored.
+    CSR ``(rowptr, col)`` / ``(rowptr, col, val)`` with one row per query; values are ignored.
 
     Returns ``(values, indices)``, both [n_queries, k]: values in the queries' dtype, indices
     int64, sorted by score (ties: smaller index first), padded with ``-inf`` / ``-1``.
@@ -174,8 +174,8 @@ def _exclude_csr(
                 f"got {exclude.shape}"
             )
         rowptr, col = exclude.rowptr, exclude.col
-    elif isinstance(exclude, (tuple, list)) and len(exclude) == 2:
-        rowptr, col = exclude
+    elif isinstance(exclude, (tuple, list)) and len(exclude) in (2, 3):
+        rowptr, col = exclude[0], exclude[1]  # a CSR triple's values are ignored
         if not (isinstance(rowptr, torch.Tensor) and rowptr.dim() == 1
                 and rowptr.dtype == torch.int64):
             raise TypeError(f"topk_scores: exclude rowptr must be a 1-D int64 tensor, got "
@@ -191,7 +191,7 @@ def _exclude_csr(
             )
     else:
         raise TypeError(
-            "topk_scores: exclude must be None, a SparseGraph or a (rowptr, col) pair, got "
+            "topk_scores: exclude must be None, a SparseGraph or a (rowptr, col[, val]) CSR, got "
             f"{type(exclude).__name__}"
         )
     if rowptr.device != device or col.device != device:
