@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from mmfast.data.dataset import Interactions
-from mmfast.ops import SparseGraph
+from mmfast.ops.sparse_graph import SparseGraph
 
 
 def symmetric_graph(
