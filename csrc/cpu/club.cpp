@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../bind.h"
 #include "../losses.h"
 
 namespace mmfast {
@@ -141,18 +142,10 @@ void club_learn_kernel_cpu(const ClubShape& s, const at::Tensor& x, const at::Te
   });
 }
 
-at::Tensor club_learn_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& row_weight,
-                          at::TensorList params, at::TensorList exp_avg,
-                          at::TensorList exp_avg_sq, int64_t step, int64_t steps, double lr,
-                          double beta1, double beta2, double eps) {
-  return club_learn_with(club_learn_kernel_cpu, x, y, row_weight, params, exp_avg, exp_avg_sq,
-                         step, steps, lr, beta1, beta2, eps);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("club_learn", &club_learn_cpu);
+  m.impl("club_learn", &Bind<club_learn_with, club_learn_kernel_cpu>::op);
 }
 
 }  // namespace mmfast

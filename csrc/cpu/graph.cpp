@@ -9,6 +9,7 @@
 #include <atomic>
 #include <vector>
 
+#include "../bind.h"
 #include "../graph.h"
 
 namespace mmfast {
@@ -84,24 +85,11 @@ void spmm_kernel_cpu(const Csr& g, const at::Tensor& x, const at::Tensor& addend
   });
 }
 
-at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
-                    const at::Tensor& rowptr_t, const at::Tensor& col_t, const at::Tensor& val_t,
-                    const at::Tensor& x) {
-  return spmm_with(spmm_kernel_cpu, rowptr, col, val, rowptr_t, col_t, val_t, x);
-}
-
-at::Tensor propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
-                         const at::Tensor& rowptr_t, const at::Tensor& col_t,
-                         const at::Tensor& val_t, const at::Tensor& x,
-                         at::ArrayRef<double> coeffs) {
-  return propagate_with(spmm_kernel_cpu, rowptr, col, val, rowptr_t, col_t, val_t, x, coeffs);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("spmm", &spmm_cpu);
-  m.impl("propagate", &propagate_cpu);
+  m.impl("spmm", &Bind<spmm_with, spmm_kernel_cpu>::op);
+  m.impl("propagate", &Bind<propagate_with, spmm_kernel_cpu>::op);
 }
 
 }  // namespace mmfast

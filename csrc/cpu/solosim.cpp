@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "../bind.h"
 #include "../losses.h"
 
 namespace mmfast {
@@ -79,23 +80,11 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
   at::sum_out(pb, pb_parts, 0);
 }
 
-std::tuple<at::Tensor, at::Tensor> solosim_cpu(const at::Tensor& a, const at::Tensor& b,
-                                               double scale) {
-  return solosim_with(solosim_forward_cpu, a, b, scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> solosim_backward_cpu_op(const at::Tensor& grad,
-                                                           const at::Tensor& a,
-                                                           const at::Tensor& b,
-                                                           const at::Tensor& lse, double scale) {
-  return solosim_backward_with(solosim_backward_cpu, grad, a, b, lse, scale);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("solosim", &solosim_cpu);
-  m.impl("solosim_backward", &solosim_backward_cpu_op);
+  m.impl("solosim", &Bind<solosim_with, solosim_forward_cpu>::op);
+  m.impl("solosim_backward", &Bind<solosim_backward_with, solosim_backward_cpu>::op);
 }
 
 }  // namespace mmfast

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../bind.h"
 #include "../losses.h"
 
 namespace mmfast {
@@ -217,18 +218,10 @@ void club_learn_kernel_cuda(const ClubShape& s, const at::Tensor& x, const at::T
   });
 }
 
-at::Tensor club_learn_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& row_weight,
-                           at::TensorList params, at::TensorList exp_avg,
-                           at::TensorList exp_avg_sq, int64_t step, int64_t steps, double lr,
-                           double beta1, double beta2, double eps) {
-  return club_learn_with(club_learn_kernel_cuda, x, y, row_weight, params, exp_avg, exp_avg_sq,
-                         step, steps, lr, beta1, beta2, eps);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CUDA, m) {
-  m.impl("club_learn", &club_learn_cuda);
+  m.impl("club_learn", &Bind<club_learn_with, club_learn_kernel_cuda>::op);
 }
 
 }  // namespace mmfast

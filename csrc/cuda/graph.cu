@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../bind.h"
 #include "../graph.h"
 
 namespace mmfast {
@@ -128,24 +129,11 @@ void spmm_kernel_cuda(const Csr& g, const at::Tensor& x, const at::Tensor& adden
   });
 }
 
-at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
-                     const at::Tensor& rowptr_t, const at::Tensor& col_t, const at::Tensor& val_t,
-                     const at::Tensor& x) {
-  return spmm_with(spmm_kernel_cuda, rowptr, col, val, rowptr_t, col_t, val_t, x);
-}
-
-at::Tensor propagate_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
-                          const at::Tensor& rowptr_t, const at::Tensor& col_t,
-                          const at::Tensor& val_t, const at::Tensor& x,
-                          at::ArrayRef<double> coeffs) {
-  return propagate_with(spmm_kernel_cuda, rowptr, col, val, rowptr_t, col_t, val_t, x, coeffs);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CUDA, m) {
-  m.impl("spmm", &spmm_cuda);
-  m.impl("propagate", &propagate_cuda);
+  m.impl("spmm", &Bind<spmm_with, spmm_kernel_cuda>::op);
+  m.impl("propagate", &Bind<propagate_with, spmm_kernel_cuda>::op);
 }
 
 }  // namespace mmfast

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 
+#include "../bind.h"
 #include "../losses.h"
 
 namespace mmfast {
@@ -237,23 +238,11 @@ void solosim_backward_cuda(const at::Tensor& a, const at::Tensor& b, double scal
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> solosim_cuda(const at::Tensor& a, const at::Tensor& b,
-                                                double scale) {
-  return solosim_with(solosim_forward_cuda, a, b, scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> solosim_backward_cuda_op(const at::Tensor& grad,
-                                                            const at::Tensor& a,
-                                                            const at::Tensor& b,
-                                                            const at::Tensor& lse, double scale) {
-  return solosim_backward_with(solosim_backward_cuda, grad, a, b, lse, scale);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CUDA, m) {
-  m.impl("solosim", &solosim_cuda);
-  m.impl("solosim_backward", &solosim_backward_cuda_op);
+  m.impl("solosim", &Bind<solosim_with, solosim_forward_cuda>::op);
+  m.impl("solosim_backward", &Bind<solosim_backward_with, solosim_backward_cuda>::op);
 }
 
 }  // namespace mmfast
