@@ -26,13 +26,25 @@ def _config_epilog() -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default once: options whose default comes from the config say so in their help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mmfast.train",
         description="Train a recommendation model with MMRec's protocol: per-epoch negative "
         "sampling, Adam + LambdaLR, valid and test every epoch, early stopping on valid "
         "Recall@20, grid search over `hyper_parameters`.",
-        formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, width=100),
+        formatter_class=_HelpFormatter,
         epilog=_config_epilog(),
     )
     p.add_argument("-m", "--model", default="LightGCN",
