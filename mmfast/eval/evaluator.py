@@ -186,7 +186,9 @@ class Evaluator:
             )
         return truth
 
-    def _rows_on(self, part: Interactions, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows_on(
+        self, part: Interactions, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``part``'s CSR on ``device``, moved once and kept."""
         key = (id(part), str(device))
         if key not in self._on_device:
