@@ -177,7 +177,8 @@ def test_evaluator_from_interactions_and_errors(synthetic):
     with pytest.raises(ValueError, match="score_fn must return scores of shape"):
         ev.evaluate(ds.test, score_fn=lambda b: torch.zeros(len(b), 3))
     with pytest.raises(ValueError, match="the split has"):
-        ev.evaluate(Interactions(torch.zeros(3, dtype=torch.long), torch.empty(0, dtype=torch.long), 2, 5), u, i)
+        empty = Interactions(torch.zeros(3, dtype=torch.long), torch.empty(0, dtype=torch.long), 2, 5)
+        ev.evaluate(empty, u, i)
     with pytest.raises(ValueError, match="ks must be positive ints"):
         Evaluator(ds, ks=(0,))
     with pytest.raises(ValueError, match="metrics must be a non-empty subset"):

@@ -135,7 +135,8 @@ def test_empty_shapes(backend):
     v, i = topk_scores(torch.empty(3, 0), torch.empty(10, 0), 4, backend=backend)
     assert (v == 0).all() and i.tolist() == [[0, 1, 2, 3]] * 3
     ex = (torch.zeros(1, dtype=torch.long), torch.empty(0, dtype=torch.int32))
-    assert topk_scores(torch.empty(0, 3), torch.randn(5, 3), 2, ex, backend=backend)[0].shape == (0, 2)
+    out = topk_scores(torch.empty(0, 3), torch.randn(5, 3), 2, ex, backend=backend)
+    assert out[0].shape == (0, 2)
 
 
 def test_large_k_on_cpu_and_float32_agrees_with_reference():

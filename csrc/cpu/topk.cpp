@@ -1,11 +1,11 @@
 // CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, handed to the threads
-// of at::parallel_for one at a time. A task scores its block against one tile of keys at a time with a GEMM
-// (at::mm_out; MKL runs single-threaded inside the parallel region) into a small per-thread
-// buffer, and folds each score row into a per-query candidate list: once k keys are held, a
-// key enters only when it beats the running k-th best, and when the list fills up an
-// nth_element cut brings it back to the k best. Keys are visited in ascending order, so a later key that ties the
-// k-th best loses the tie, as the contract wants. The tiling depends only on d, never on
-// the thread count, so the results are deterministic.
+// of at::parallel_for one at a time. A thread scores its block against one tile of keys at a
+// time with a GEMM (at::mm_out; MKL runs single-threaded inside the parallel region) into a
+// small per-thread buffer, and folds each score row into a per-query candidate list: once k
+// keys are held, a key enters only when it beats the running k-th best, and when the list
+// fills up an nth_element cut brings it back to the k best. Keys are visited in ascending
+// order, so a later key that ties the k-th best loses the tie, as the contract wants. The
+// tiling depends only on d, never on the thread count, so the results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -189,8 +189,8 @@ template <typename scalar_t, typename index_t>
 void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
   const int64_t n_queries = p.queries.size(0), n_keys = p.keys.size(0), d = p.queries.size(1);
   const int64_t k = p.k;
-  TORCH_CHECK(n_keys <= 0xffffffffLL, "topk_scores: the CPU kernel takes at most 2^32 - 1 keys, got ",
-              n_keys);
+  TORCH_CHECK(n_keys <= 0xffffffffLL,
+              "topk_scores: the CPU kernel takes at most 2^32 - 1 keys, got ", n_keys);
   const int64_t tile = key_tile(d, sizeof(scalar_t));
   const int64_t n_blocks = (n_queries + kQueryBlock - 1) / kQueryBlock;
   // Room for k plus a good share of new candidates between cuts.

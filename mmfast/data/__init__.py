@@ -15,6 +15,7 @@ from mmfast.data.graphs import (
     normalized_adjacency,
     user_item_lift,
 )
+from mmfast.data.knn import item_knn_graph, knn_graph, mix_graphs
 from mmfast.data.mmrec import read_inter, read_mmrec, write_mmrec
 from mmfast.data.sampler import NegativeSampler, sample_negatives_reference
 from mmfast.data.split import k_core, mmrec_split
@@ -47,8 +48,11 @@ __all__ = [
     "cache_dir",
     "generate_synthetic",
     "interactions_hash",
+    "item_knn_graph",
     "k_core",
+    "knn_graph",
     "load",
+    "mix_graphs",
     "mmrec_split",
     "normalized_adjacency",
     "read_inter",

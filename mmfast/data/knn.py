@@ -56,7 +56,12 @@ def knn_graph(
     x = _as_tensor(features, "features", device)
     n = x.shape[0]
     # Normalized rows: cosine = inner product. Zero rows stay zero.
-    x = x / x.norm(dim=1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+    norms = x.norm(dim=1, keepdim=True)
+    # A NaN or inf anywhere in a row makes its norm non-finite: checked without an
+    # items x d temporary.
+    if n and not bool(torch.isfinite(norms).all()):
+        raise ValueError("knn_graph: features holds NaN or infinite values")
+    x = x / norms.clamp(min=torch.finfo(x.dtype).tiny)
     values = torch.empty(n, min(k, n), dtype=x.dtype, device=x.device)
     cols = torch.empty(n, min(k, n), dtype=torch.int64, device=x.device)
     for b0 in range(0, n, block_rows):
@@ -150,8 +155,6 @@ def _as_tensor(x: Features, name: str, device) -> torch.Tensor:
         x = x.float()
     if device is not None:
         x = x.to(device)
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"knn_graph: {name} holds NaN or infinite values")
     return x
 
 
@@ -183,7 +186,10 @@ def _cache_key(feats, names, w, k, style) -> str:
                          f"{ {m: tuple(feats[m].shape) for m in names} }")
     for m in names:
         x = feats[m]
-        arr = x.detach().cpu().contiguous().numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x)
+        if isinstance(x, torch.Tensor):
+            arr = x.detach().cpu().contiguous().numpy()
+        else:
+            arr = np.ascontiguousarray(x)
         h.update(f"{m}:{arr.dtype.str}:{arr.shape}:{w[m]!r}:".encode())
         h.update(memoryview(arr).cast("B"))
     return h.hexdigest()

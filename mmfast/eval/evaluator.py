@@ -8,7 +8,8 @@ read back once.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence, Union
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -19,6 +20,22 @@ from mmfast.ops.topk import topk_of_scores, topk_scores
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 MMREC_METRICS: tuple[str, ...] = ("recall", "ndcg", "precision", "map")
+
+
+@contextlib.contextmanager
+def _small_ops(device: torch.device) -> Iterator[None]:
+    """One CPU thread for the bookkeeping (row gathers, metrics on batch x k tensors): these
+    ops are too small to gain from threads, and each parallel region waits for every thread,
+    which on a shared CPU costs far more than the work itself."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Evaluator:
@@ -114,7 +131,8 @@ class Evaluator:
                 batch = users[b0:b0 + self.batch_size]
                 if score_fn is None:
                     batch_dev = batch.to(device)
-                    exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
+                    with _small_ops(device):
+                        exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
                     _, idx = topk_scores(user_emb[batch_dev], item_emb, k_max, exclude,
                                          backend=self.backend)
                 else:
@@ -122,10 +140,12 @@ class Evaluator:
                     self._check_scores(scores, batch)
                     device = scores.device
                     batch_dev = batch.to(device)
-                    exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
+                    with _small_ops(device):
+                        exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
                     _, idx = topk_of_scores(scores, k_max, exclude)
-                held_out = gather_rows(*self._rows_on(truth, device), batch_dev)
-                part = rank_metrics(idx, held_out, self.ks, self.metrics, reduction="sum")
+                with _small_ops(device):
+                    held_out = gather_rows(*self._rows_on(truth, device), batch_dev)
+                    part = rank_metrics(idx, held_out, self.ks, self.metrics, reduction="sum")
                 for key, value in part.items():
                     sums[key] = sums[key] + value if key in sums else value
                 if return_topk:
@@ -166,7 +186,9 @@ class Evaluator:
             )
         return truth
 
-    def _rows_on(self, part: Interactions, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows_on(
+        self, part: Interactions, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``part``'s CSR on ``device``, moved once and kept."""
         key = (id(part), str(device))
         if key not in self._on_device:

@@ -45,7 +45,9 @@ def rank_metrics(
     metrics = tuple(metrics)
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
-        raise ValueError(f"rank_metrics: metrics must be a non-empty subset of {METRICS}, got {metrics}")
+        raise ValueError(
+            f"rank_metrics: metrics must be a non-empty subset of {METRICS}, got {metrics}"
+        )
     if reduction not in REDUCTIONS:
         raise ValueError(f"rank_metrics: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     n_users, k_max = topk_indices.shape
@@ -87,12 +89,13 @@ def rank_metrics(
 
 def _check_ks(ks: Iterable[int], topk_indices: torch.Tensor) -> list[int]:
     if not isinstance(topk_indices, torch.Tensor) or topk_indices.dim() != 2:
-        raise ValueError(
-            "rank_metrics: topk_indices must be a 2-D tensor [n_users, K], got "
-            f"{tuple(topk_indices.shape) if isinstance(topk_indices, torch.Tensor) else type(topk_indices).__name__}"
-        )
+        got = (tuple(topk_indices.shape) if isinstance(topk_indices, torch.Tensor)
+               else type(topk_indices).__name__)
+        raise ValueError(f"rank_metrics: topk_indices must be a 2-D tensor [n_users, K], got {got}")
     if topk_indices.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"rank_metrics: topk_indices must be int32 or int64, got {topk_indices.dtype}")
+        raise TypeError(
+            f"rank_metrics: topk_indices must be int32 or int64, got {topk_indices.dtype}"
+        )
     ks = [ks] if isinstance(ks, int) else list(ks)
     k_max = topk_indices.shape[1]
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= k_max
