@@ -18,6 +18,7 @@
 #include <limits>
 #include <vector>
 
+#include "../bind.h"
 #include "../topk.h"
 
 namespace mmfast {
@@ -262,17 +263,10 @@ void topk_kernel_cpu(const TopkProblem& p, at::Tensor& values, at::Tensor& indic
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& queries,
-                                                   const at::Tensor& keys, int64_t k,
-                                                   const c10::optional<at::Tensor>& exclude_rowptr,
-                                                   const c10::optional<at::Tensor>& exclude_col) {
-  return topk_scores_with(topk_kernel_cpu, queries, keys, k, exclude_rowptr, exclude_col);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("topk_scores", &topk_scores_cpu);
+  m.impl("topk_scores", &Bind<topk_scores_with, topk_kernel_cpu>::op);
 }
 
 }  // namespace mmfast

@@ -25,6 +25,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "../bind.h"
 #include "../topk.h"
 
 namespace mmfast {
@@ -352,17 +353,10 @@ void topk_kernel_cuda(const TopkProblem& p, at::Tensor& values, at::Tensor& indi
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_scores_cuda(
-    const at::Tensor& queries, const at::Tensor& keys, int64_t k,
-    const c10::optional<at::Tensor>& exclude_rowptr,
-    const c10::optional<at::Tensor>& exclude_col) {
-  return topk_scores_with(topk_kernel_cuda, queries, keys, k, exclude_rowptr, exclude_col);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmfast, CUDA, m) {
-  m.impl("topk_scores", &topk_scores_cuda);
+  m.impl("topk_scores", &Bind<topk_scores_with, topk_kernel_cuda>::op);
 }
 
 }  // namespace mmfast
