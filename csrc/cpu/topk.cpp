@@ -10,7 +10,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#define MMFAST_TOPK_AVX2 1
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -36,6 +39,7 @@ int64_t key_tile(int64_t d, size_t elem) {
 // The first j in [begin, end) with s[j] > threshold, else end. The scan over every score is
 // the hot loop: AVX2 compares 8 floats (4 doubles) at a time where the CPU has it (the
 // extension is built for the baseline ISA, so it is chosen at run time).
+#ifdef MMFAST_TOPK_AVX2
 __attribute__((target("avx2"))) int64_t next_above_avx2(const float* s, int64_t j, int64_t end,
                                                         float threshold) {
   const __m256 t = _mm256_set1_ps(threshold);
@@ -61,10 +65,13 @@ __attribute__((target("avx2"))) int64_t next_above_avx2(const double* s, int64_t
 }
 
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
 
 template <typename scalar_t>
 inline int64_t next_above(const scalar_t* s, int64_t j, int64_t end, scalar_t threshold) {
+#ifdef MMFAST_TOPK_AVX2
   if (kHaveAvx2) return next_above_avx2(s, j, end, threshold);
+#endif
   for (; j < end; ++j)
     if (s[j] > threshold) return j;
   return end;
