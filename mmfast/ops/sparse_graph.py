@@ -239,26 +239,9 @@ class SparseGraph:
                 f"{where}: col and val must have one entry per nonzero, got {col.numel()} and "
                 f"{val.numel()}"
             )
-        nnz = col.numel()
-        if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
-            raise ValueError(
-                f"{where}: rowptr must start at 0 and end at nnz = {nnz}, got "
-                f"{int(rowptr[0])} ... {int(rowptr[-1])}"
-            )
-        if n_rows and bool((rowptr[1:] < rowptr[:-1]).any()):
-            bad = int((rowptr[1:] < rowptr[:-1]).nonzero()[0])
-            raise ValueError(
-                f"{where}: rowptr must be non-decreasing (sorted CSR); rowptr[{bad + 1}] = "
-                f"{int(rowptr[bad + 1])} < rowptr[{bad}] = {int(rowptr[bad])}"
-            )
-        if nnz:
-            lo, hi = int(col.min()), int(col.max())
-            if lo < 0 or hi >= n_cols:
-                raise ValueError(
-                    f"{where}: col holds column indices outside [0, {n_cols}): min {lo}, max {hi}"
-                )
-            if not bool(torch.isfinite(val).all()):
-                raise ValueError(f"{where}: val holds NaN or infinite values")
+        check_csr_indices(rowptr, col, n_cols, where)
+        if col.numel() and not bool(torch.isfinite(val).all()):
+            raise ValueError(f"{where}: val holds NaN or infinite values")
         if self.is_symmetric and n_rows != n_cols:
             raise ValueError(f"{where}: is_symmetric=True needs a square graph")
 
@@ -271,6 +254,35 @@ class SparseGraph:
             _rowptr_from_rows(col_sorted, self.n_cols), rows[order].to(row_dtype),
             self.val[order], (self.n_cols, self.n_rows), self,
         )
+
+
+def check_csr_indices(
+    rowptr: torch.Tensor,
+    col: torch.Tensor,
+    n_cols: int,
+    where: str,
+    rowptr_name: str = "rowptr",
+    col_holds: str = "col holds column indices",
+) -> None:
+    """The CSR structure itself: ``rowptr`` starts at 0, ends at nnz and never decreases, and
+    every ``col`` entry lies in [0, n_cols). Errors start with ``where``."""
+    nnz = col.numel()
+    if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
+        raise ValueError(
+            f"{where}: {rowptr_name} must start at 0 and end at nnz = {nnz}, got "
+            f"{int(rowptr[0])} ... {int(rowptr[-1])}"
+        )
+    falls = rowptr[1:] < rowptr[:-1]
+    if bool(falls.any()):
+        bad = int(falls.nonzero()[0])
+        raise ValueError(
+            f"{where}: {rowptr_name} must be non-decreasing (sorted CSR); rowptr[{bad + 1}] = "
+            f"{int(rowptr[bad + 1])} < rowptr[{bad}] = {int(rowptr[bad])}"
+        )
+    if nnz:
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= n_cols:
+            raise ValueError(f"{where}: {col_holds} outside [0, {n_cols}): min {lo}, max {hi}")
 
 
 def _rowptr_from_rows(rows: torch.Tensor, n_rows: int) -> torch.Tensor:

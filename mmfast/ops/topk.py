@@ -21,7 +21,7 @@ import torch
 
 from mmfast import _ext
 from mmfast.ops._backend import resolve
-from mmfast.ops.sparse_graph import SparseGraph
+from mmfast.ops.sparse_graph import SparseGraph, check_csr_indices
 
 CUDA_MAX_K = 1024
 
@@ -200,20 +200,8 @@ def _exclude_csr(
 
 
 def _check_exclude_range(rowptr_col: CsrPair, n_keys: int) -> None:
-    rowptr, col = rowptr_col
-    if int(rowptr[0]) != 0 or int(rowptr[-1]) != col.numel():
-        raise ValueError(
-            f"topk_scores: exclude rowptr must start at 0 and end at nnz = {col.numel()}, got "
-            f"{int(rowptr[0])} ... {int(rowptr[-1])}"
-        )
-    if rowptr.numel() > 1 and bool((rowptr[1:] < rowptr[:-1]).any()):
-        raise ValueError("topk_scores: exclude rowptr must be non-decreasing (sorted CSR)")
-    if col.numel():
-        lo, hi = int(col.min()), int(col.max())
-        if lo < 0 or hi >= n_keys:
-            raise ValueError(
-                f"topk_scores: exclude holds key ids outside [0, {n_keys}): min {lo}, max {hi}"
-            )
+    check_csr_indices(*rowptr_col, n_keys, "topk_scores", rowptr_name="exclude rowptr",
+                      col_holds="exclude holds key ids")
 
 
 # ---------------------------------------------------------------------- registration
