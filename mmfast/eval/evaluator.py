@@ -80,7 +80,11 @@ class Evaluator:
         self.backend = backend
         self.decimals = decimals
         self.last_counts: dict[str, int] = {}
-        self._on_device: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        # (id(part), device) -> (part, rowptr, items). Holding ``part`` keeps its id from being
+        # reused by another Interactions while its CSR is cached here.
+        self._on_device: dict[
+            tuple[int, str], tuple[Interactions, torch.Tensor, torch.Tensor]
+        ] = {}
 
     # ------------------------------------------------------------------ public
     def evaluate(
@@ -193,8 +197,10 @@ class Evaluator:
         key = (id(part), str(device))
         if key not in self._on_device:
             col_dtype = torch.int32 if part.n_items < 2**31 else torch.int64
-            self._on_device[key] = (part.rowptr.to(device), part.items.to(device, col_dtype))
-        return self._on_device[key]
+            self._on_device[key] = (
+                part, part.rowptr.to(device), part.items.to(device, col_dtype)
+            )
+        return self._on_device[key][1:]
 
     def _check_embeddings(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
         for name, x, rows in (("user_emb", user_emb, self.train.n_users),
