@@ -13,8 +13,12 @@ from typing import Sequence
 
 import torch
 
-from mmfast.data.dataset import Dataset
+from mmfast import models
+from mmfast.data import Dataset, load_dataset
 from mmfast.models.base import Recommender
+from mmfast.ops import topk_scores, use_backend
+from mmfast.ops.csr import gather_rows
+from mmfast.trainer.experiment import resolve_device
 
 
 def load_run(
@@ -22,9 +26,6 @@ def load_run(
 ) -> tuple[Recommender, Dataset]:
     """The best model of a run folder, on ``device``, with the dataset it was trained on
     (read from ``data_root`` when given, else from where the run read it)."""
-    from mmfast import models
-    from mmfast.trainer.experiment import load_dataset, resolve_device
-
     run_dir = Path(run_dir)
     best = run_dir / "best.pt"
     if not best.is_file():
@@ -37,10 +38,7 @@ def load_run(
         config["data_path"] = data_root
     dev = resolve_device(device)
     dataset = load_dataset(config)
-    with_backend = config.get("backend", "mmfast")
-    from mmfast.ops import use_backend
-
-    with use_backend(with_backend):
+    with use_backend(config.get("backend", "mmfast")):
         model = models.get(payload["model_name"])(config, dataset, dev)
     model.load_state_dict(payload["model"])
     model.to(dev).eval()
@@ -53,9 +51,6 @@ def recommend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, item ids), each [len(users), k], excluding each user's training items; rows
     with fewer than k candidates are padded with -inf / -1."""
-    from mmfast.eval.csr import gather_rows
-    from mmfast.ops import topk_scores
-
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     users = torch.as_tensor(users, dtype=torch.int64)

@@ -16,7 +16,7 @@ import yaml
 import mmfast
 from mmfast import recommend, train
 from mmfast.eval import Evaluator
-from mmfast.trainer.experiment import load_dataset
+from mmfast.data import load_dataset
 from trainer_helpers import TINY, one_thread  # noqa: F401 (fixture)
 
 ROOT = Path(mmfast.__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmfast.data.knn import item_knn_graph, knn_graph, mix_graphs
+from mmfast.data.knn import item_knn_graph, knn_graph, mix_graphs, modality_weights
 
 
 def dense_knn(x: torch.Tensor, k: int, style: str) -> torch.Tensor:
@@ -60,6 +60,13 @@ def test_mixing_and_zero_rows():
                         cache=False)
     want3 = 0.3 * dense_knn(img, 4, "mgcn") + 0.7 * dense_knn(txt, 4, "mgcn")
     torch.testing.assert_close(g3.to_dense().double(), want3, atol=1e-6, rtol=1e-5)
+    # Without weights: modality_weights (image + audio as TikTok; no image: equal shares).
+    trio = item_knn_graph({"image": img, "audio": txt, "text": txt}, 4, cache=False)
+    want_trio = 0.1 * dense_knn(img, 4, "freedom") + 0.9 * dense_knn(txt, 4, "freedom")
+    torch.testing.assert_close(trio.to_dense().double(), want_trio, atol=1e-6, rtol=1e-5)
+    assert modality_weights(["a", "b"]) == {"a": 0.5, "b": 0.5}
+    assert modality_weights(["image", "audio"], 0.3) == {"image": 0.3, "audio": 0.7}
+    assert modality_weights(["text"], 0.3) == {"text": 1.0}
     single = mix_graphs([knn_graph(img, 3)], [1.0])
     torch.testing.assert_close(single.to_dense().double(), dense_knn(img, 3, "freedom"))
 
@@ -106,8 +113,6 @@ def test_errors():
         knn_graph(bad, 3)
     with pytest.raises(ValueError, match="weights must name exactly the modalities"):
         item_knn_graph({"image": x, "text": x}, 3, weights={"image": 1.0}, cache=False)
-    with pytest.raises(ValueError, match="give weights for the modalities"):
-        item_knn_graph({"a": x, "b": x}, 3, cache=False)
     with pytest.raises(ValueError, match="differ in item count"):
         item_knn_graph({"image": x, "text": x[:5]}, 3, cache_dir="/nonexistent-not-written")
 

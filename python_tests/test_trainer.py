@@ -9,7 +9,8 @@ import torch
 
 from mmfast import models
 from mmfast.trainer import EarlyStopping, Trainer, TrainingInterrupted, run
-from mmfast.trainer.experiment import load_dataset, select
+from mmfast.data import load_dataset
+from mmfast.trainer.experiment import select
 from trainer_helpers import one_thread, tiny_config  # noqa: F401 (fixture)
 
 

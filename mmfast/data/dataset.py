@@ -1,92 +1,20 @@
-"""The in-memory dataset: interactions per split as per-user CSR, plus item features."""
+"""The in-memory dataset: interactions per split (:mod:`mmfast.data.interactions`) plus item
+features, with its graphs and sampler one call away."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # imported lazily at run time to keep this module light
-    from mmfast.data.sampler import NegativeSampler
-    from mmfast.ops.sparse_graph import SparseGraph
+from mmfast.data.graphs import normalized_adjacency, user_item_lift
+from mmfast.data.interactions import DataFormatError, Interactions
+from mmfast.data.sampler import NegativeSampler
+from mmfast.ops.sparse_graph import SparseGraph
 
 SPLITS = ("train", "valid", "test")
-
-
-class DataFormatError(ValueError):
-    """A data file does not have the expected layout or content."""
-
-
-class Interactions:
-    """(user, item) pairs grouped by user as CSR: ``rowptr`` (int64, n_users + 1) and ``items``.
-
-    Items inside a user's row are sorted ascending and unique, so two sets of the same pairs
-    always have identical arrays (the graph cache keys on that).
-    """
-
-    def __init__(self, rowptr: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
-        if rowptr.dtype != torch.int64 or rowptr.numel() != n_users + 1:
-            raise ValueError(f"Interactions: rowptr must be int64 with {n_users + 1} entries")
-        if items.dtype != torch.int64 or items.numel() != int(rowptr[-1]):
-            raise ValueError("Interactions: items must be int64 with rowptr[-1] entries")
-        self.rowptr, self.items = rowptr, items
-        self.n_users, self.n_items = int(n_users), int(n_items)
-
-    @classmethod
-    def from_pairs(
-        cls, users: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor,
-        n_users: int, n_items: int,
-    ) -> "Interactions":
-        """Group pairs by user; repeated pairs are kept once (callers warn before that)."""
-        users = torch.as_tensor(np.asarray(users), dtype=torch.int64)
-        items = torch.as_tensor(np.asarray(items), dtype=torch.int64)
-        # Sorted by (user, item), deduplicated; sort + unique_consecutive beats torch.unique on CPU.
-        key = torch.unique_consecutive(torch.sort(users * n_items + items).values)
-        u, i = key // max(n_items, 1), key % max(n_items, 1)
-        rowptr = torch.zeros(n_users + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(u, minlength=n_users), 0, out=rowptr[1:])
-        return cls(rowptr, i, n_users, n_items)
-
-    def __len__(self) -> int:
-        return self.items.numel()
-
-    @property
-    def nnz(self) -> int:
-        return self.items.numel()
-
-    def users(self) -> torch.Tensor:
-        """The user of every stored pair (COO rows), int64."""
-        return torch.repeat_interleave(
-            torch.arange(self.n_users), self.user_degrees(), output_size=self.nnz
-        )
-
-    def user_degrees(self) -> torch.Tensor:
-        return self.rowptr[1:] - self.rowptr[:-1]
-
-    def item_degrees(self) -> torch.Tensor:
-        return torch.bincount(self.items, minlength=self.n_items)
-
-    def history(self, user: int) -> torch.Tensor:
-        """Items of one user (for inspection and tests; not for hot loops)."""
-        return self.items[self.rowptr[user]: self.rowptr[user + 1]]
-
-    def active_users(self) -> torch.Tensor:
-        """Users with at least one pair, ascending."""
-        return torch.nonzero(self.user_degrees() > 0).flatten()
-
-    def to_graph(self) -> "SparseGraph":
-        """The binary user x item matrix as a SparseGraph (val = 1)."""
-        from mmfast.ops.sparse_graph import SparseGraph
-
-        return SparseGraph(
-            self.rowptr, self.items.to(torch.int32 if self.n_items < 2**31 else torch.int64),
-            torch.ones(self.nnz, dtype=torch.float32), (self.n_users, self.n_items),
-        )
-
-    def __repr__(self) -> str:
-        return f"Interactions(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"
+__all__ = ["SPLITS", "DataFormatError", "Dataset", "Interactions"]
 
 
 def _stats_block(title: str, users: torch.Tensor, items: torch.Tensor) -> list[str]:
@@ -158,22 +86,16 @@ class Dataset:
         """Items that appear in train (MMRec draws negatives from these), ascending."""
         return torch.unique(self.train.items)
 
-    def norm_adj(self, **kwargs) -> "SparseGraph":
+    def norm_adj(self, **kwargs) -> SparseGraph:
         """Â over users + items (G1); see :func:`mmfast.data.graphs.normalized_adjacency`."""
-        from mmfast.data.graphs import normalized_adjacency
-
         return normalized_adjacency(self.train, **kwargs)
 
-    def user_item_lift(self, **kwargs) -> "SparseGraph":
+    def user_item_lift(self, **kwargs) -> SparseGraph:
         """R̂, the user x item block of Â (G4); see :func:`mmfast.data.graphs.user_item_lift`."""
-        from mmfast.data.graphs import user_item_lift
-
         return user_item_lift(self.train, **kwargs)
 
-    def sampler(self, **kwargs) -> "NegativeSampler":
+    def sampler(self, **kwargs) -> NegativeSampler:
         """MMRec's training batches with negatives; see :class:`mmfast.data.sampler.NegativeSampler`."""
-        from mmfast.data.sampler import NegativeSampler
-
         return NegativeSampler(self.train, **kwargs)
 
     def __str__(self) -> str:

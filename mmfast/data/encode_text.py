@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mmfast._atomic import atomic_write
 from mmfast.data.dataset import DataFormatError
 from mmfast.data.tables import column, read_table
 
@@ -109,12 +110,7 @@ def encode_item_table(
     emb = np.zeros((len(texts), known.shape[1]), dtype=np.float32)
     emb[has] = known
     emb[~has] = known.mean(axis=0)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, emb)
-    os.replace(tmp, out_path)
+    atomic_write(out_path, lambda fh: np.save(fh, emb))
     return emb
 
 

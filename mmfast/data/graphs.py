@@ -1,21 +1,21 @@
 """User-item graphs of MODELS.md §1.4: Â (G1) and R̂ (G4), built vectorized and cached on disk.
 
 The cache key is a SHA-256 of the training interactions (their canonical CSR arrays) and the
-graph kind, so a different split or dataset never reads a stale file. Files are written to a
-temporary name in the cache folder and moved into place with ``os.replace``, so readers never
-see a half-written graph, even with several processes building at once.
+graph kind, so a different split or dataset never reads a stale file. Files are written
+atomically (:mod:`mmfast._atomic`), so readers never see a half-written graph, even with
+several processes building at once.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from mmfast.data.dataset import Interactions
+from mmfast._atomic import atomic_torch_save
+from mmfast.data.interactions import Interactions
 from mmfast.ops.sparse_graph import SparseGraph
 
 _CACHE_VERSION = 1  # bump when a graph's definition changes
@@ -38,63 +38,64 @@ def interactions_hash(train: Interactions) -> str:
     return h.hexdigest()
 
 
-def _degrees(train: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
-    return train.user_degrees().double(), train.item_degrees().double()
-
-
-def _inv_sqrt(deg: torch.Tensor) -> torch.Tensor:
-    # Zero-degree nodes get 0 rather than inf (MODELS.md G1).
+def _inv_sqrt(deg: torch.Tensor, eps: float) -> torch.Tensor:
+    # Zero-degree nodes get 0 rather than inf (MODELS.md G1); FREEDOM's form adds eps instead.
+    if eps:
+        return (deg + eps).rsqrt()
     return torch.where(deg > 0, deg.clamp(min=1).rsqrt(), torch.zeros_like(deg))
 
 
+def bipartite_normalized(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    degree_eps: float = 0.0,
+) -> SparseGraph:
+    """Â = D^-1/2 A D^-1/2 over the n_users + n_items nodes (users first) of the bipartite
+    graph with the given distinct (user, item) edges: binary A, no self-loops, degrees counted
+    from these edges. The one builder of Â: the training graph (G1) and FREEDOM's pruned
+    graphs both come from here. ``degree_eps`` > 0 is FREEDOM's ``degree + 1e-7`` form."""
+    du = torch.bincount(users, minlength=n_users).double()
+    di = torch.bincount(items, minlength=n_items).double()
+    w = (_inv_sqrt(du, degree_eps)[users] * _inv_sqrt(di, degree_eps)[items]).to(dtype)
+    n = n_users + n_items
+    return SparseGraph.from_coo(torch.cat([users, items + n_users]),
+                                torch.cat([items + n_users, users]), torch.cat([w, w]), (n, n),
+                                sum_duplicates=False, is_symmetric=True)
+
+
 def build_normalized_adjacency(train: Interactions, dtype: torch.dtype = torch.float32) -> SparseGraph:
-    """Â = D^-1/2 A D^-1/2 over the n_users + n_items nodes (users first), A binary, no loops."""
-    n_u, n_i = train.n_users, train.n_items
-    u, i = train.users(), train.items
-    du, di = _degrees(train)
-    w = (_inv_sqrt(du)[u] * _inv_sqrt(di)[i]).to(dtype)
-    # User rows are the training CSR itself; item rows are its transpose (one stable sort,
-    # which keeps users ascending inside each item row). Pairs are unique, so no summing.
-    by_item = torch.sort(i, stable=True).indices
-    item_rowptr = torch.zeros(n_i + 1, dtype=torch.int64)
-    torch.cumsum(di.long(), 0, out=item_rowptr[1:])
-    rowptr = torch.cat([train.rowptr, item_rowptr[1:] + train.nnz])
-    col = torch.cat([i + n_u, u[by_item]])
-    col = col.to(torch.int32 if n_u + n_i < 2**31 else torch.int64)
-    return SparseGraph(rowptr, col, torch.cat([w, w[by_item]]), (n_u + n_i, n_u + n_i),
-                       is_symmetric=True)
+    """Â (G1) of the training interactions."""
+    return bipartite_normalized(train.users(), train.items, train.n_users, train.n_items,
+                                dtype=dtype)
 
 
 def build_user_item_lift(train: Interactions, dtype: torch.dtype = torch.float32) -> SparseGraph:
     """R̂ [n_users, n_items], R̂_ui = 1 / sqrt(deg_u deg_i): the user x item block of Â."""
-    du, di = _degrees(train)
-    w = (_inv_sqrt(du)[train.users()] * _inv_sqrt(di)[train.items]).to(dtype)
+    du, di = train.user_degrees().double(), train.item_degrees().double()
+    w = (_inv_sqrt(du, 0.0)[train.users()] * _inv_sqrt(di, 0.0)[train.items]).to(dtype)
     col = train.items.to(torch.int32 if train.n_items < 2**31 else torch.int64)
     return SparseGraph(train.rowptr.clone(), col, w, (train.n_users, train.n_items))
 
 
-def _save_atomic(graph: SparseGraph, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"rowptr": graph.rowptr, "col": graph.col, "val": graph.val,
-                        "shape": graph.shape, "is_symmetric": graph.is_symmetric}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def save_graph(graph: SparseGraph, path: str | os.PathLike) -> None:
+    """Write ``graph`` (moved to CPU) to ``path`` atomically, for :func:`load_graph`."""
+    graph = graph.to("cpu")
+    atomic_torch_save({"rowptr": graph.rowptr, "col": graph.col, "val": graph.val,
+                       "shape": graph.shape, "is_symmetric": graph.is_symmetric}, path)
 
 
-def _load(path: Path) -> SparseGraph | None:
+def load_graph(path: str | os.PathLike) -> SparseGraph | None:
+    """The graph :func:`save_graph` wrote, validated; None when unreadable or corrupt (the
+    caller rebuilds and overwrites it)."""
     try:
         d = torch.load(path, weights_only=True)
         return SparseGraph(d["rowptr"], d["col"], d["val"], d["shape"],
                            is_symmetric=d["is_symmetric"])
-    except Exception:  # unreadable or corrupt: rebuild and overwrite
+    except Exception:
         return None
 
 
@@ -111,11 +112,11 @@ def _cached(
     name = f"{kind}-{str(dtype).removeprefix('torch.')}-{interactions_hash(train)[:32]}.pt"
     path = cache_dir(cache_path) / "graphs" / name
     if path.is_file():
-        graph = _load(path)
+        graph = load_graph(path)
         if graph is not None:
             return graph
     graph = build(train, dtype)
-    _save_atomic(graph, path)
+    save_graph(graph, path)
     return graph
 
 

@@ -26,8 +26,8 @@ from typing import Literal, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from mmfast.data.graphs import _load, _save_atomic
 from mmfast.data.graphs import cache_dir as _cache_folder
+from mmfast.data.graphs import load_graph, save_graph
 from mmfast.ops.sparse_graph import SparseGraph
 from mmfast.ops.topk import topk_scores
 
@@ -35,6 +35,20 @@ Style = Literal["freedom", "mgcn"]
 STYLES = ("freedom", "mgcn")
 Features = Union[torch.Tensor, np.ndarray]
 _KNN_CACHE_VERSION = 1  # bump when a graph's definition changes
+
+
+def modality_weights(modalities: Sequence[str], image_weight: float = 0.1) -> dict[str, float]:
+    """The mixing weights w_m of S = sum_m w_m S_m. MMRec mixes S = a S_image + (1 - a) S_text
+    (a = ``mm_image_weight``); with other modality sets (TikTok's image + audio) the image
+    keeps ``image_weight`` and the others share the rest equally; without an image modality
+    all weigh the same (one modality: weight 1)."""
+    modalities = list(modalities)
+    if len(modalities) == 1:
+        return {modalities[0]: 1.0}
+    if "image" in modalities:
+        rest = (1.0 - float(image_weight)) / (len(modalities) - 1)
+        return {m: (float(image_weight) if m == "image" else rest) for m in modalities}
+    return {m: 1.0 / len(modalities) for m in modalities}
 
 
 def knn_graph(
@@ -116,8 +130,7 @@ def item_knn_graph(
     """The item kNN graph of one or several modalities, mixed, read from / written to cache.
 
     ``features`` is one matrix or ``{modality: matrix}`` (e.g. ``dataset.features``). Mixing
-    weights: ``weights`` if given, else for exactly ``{"image", "text"}`` FREEDOM's
-    ``image_weight`` (0.1) and 1 - image_weight; one modality has weight 1.
+    weights: ``weights`` if given, else :func:`modality_weights` with ``image_weight``.
     """
     feats = dict(features) if isinstance(features, Mapping) else {"features": features}
     if not feats:
@@ -129,11 +142,11 @@ def item_knn_graph(
     key = _cache_key(feats, names, w, k, style)
     path = _cache_folder(cache_dir) / "graphs" / f"knn-{style}-k{k}-{key[:32]}.pt"
     if path.is_file():
-        graph = _load(path)
+        graph = load_graph(path)
         if graph is not None:
             return graph if device is None else graph.to(device)
     graph = _build(feats, names, w, k, style, device, backend)
-    _save_atomic(graph.to("cpu"), path)
+    save_graph(graph, path)
     return graph
 
 
@@ -159,22 +172,14 @@ def _as_tensor(x: Features, name: str, device) -> torch.Tensor:
 
 
 def _mixing_weights(feats, weights, image_weight) -> dict[str, float]:
-    names = set(feats)
-    if weights is not None:
-        if set(weights) != names:
-            raise ValueError(
-                f"item_knn_graph: weights must name exactly the modalities {sorted(names)}, got "
-                f"{sorted(weights)}"
-            )
-        return {m: float(v) for m, v in weights.items()}
-    if len(names) == 1:
-        return {m: 1.0 for m in names}
-    if names == {"image", "text"}:
-        return {"image": float(image_weight), "text": 1.0 - float(image_weight)}
-    raise ValueError(
-        f"item_knn_graph: give weights for the modalities {sorted(names)} (image_weight only "
-        "applies to exactly image + text)"
-    )
+    if weights is None:
+        return modality_weights(list(feats), image_weight)
+    if set(weights) != set(feats):
+        raise ValueError(
+            f"item_knn_graph: weights must name exactly the modalities {sorted(feats)}, got "
+            f"{sorted(weights)}"
+        )
+    return {m: float(v) for m, v in weights.items()}
 
 
 def _cache_key(feats, names, w, k, style) -> str:

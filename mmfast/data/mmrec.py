@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from mmfast._atomic import atomic_write, atomic_write_text
 from mmfast.data.dataset import SPLITS, DataFormatError, Dataset, Interactions
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
@@ -349,16 +350,8 @@ def write_mmrec(dataset: Dataset, root: str | os.PathLike, name: str | None = No
     rows = np.concatenate(cols)
     rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # by user, then item, like MMRec's files
     text = "\n".join("\t".join(map(str, r)) for r in rows.tolist())
-    _atomic_write_bytes(folder / f"{name}.inter", f"userID\titemID\tx_label\n{text}\n".encode())
+    atomic_write_text(folder / f"{name}.inter", f"userID\titemID\tx_label\n{text}\n")
     for m, arr in dataset.features.items():
-        tmp = folder / f".{m}_feat.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(arr, dtype=np.float32))
-        os.replace(tmp, folder / f"{m}_feat.npy")
+        atomic_write(folder / f"{m}_feat.npy",
+                     lambda fh, arr=arr: np.save(fh, np.asarray(arr, dtype=np.float32)))
     return folder
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

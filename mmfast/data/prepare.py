@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfast.data.mmrec import _atomic_write_bytes, read_mmrec
+from mmfast._atomic import atomic_write_text
+from mmfast.data.mmrec import read_mmrec
 from mmfast.data.split import k_core, mmrec_split, remap_ids
 from mmfast.data.tables import as_ids, column, read_table
 
@@ -93,13 +94,13 @@ def prepare(
     cols.append(("x_label", labels.tolist()))
     header = "\t".join(c for c, _ in cols)
     lines = ["\t".join(str(col[1][r]) for col in cols) for r in order.tolist()]
-    _atomic_write_bytes(folder / f"{name}.inter", (header + "\n" + "\n".join(lines) + "\n").encode())
+    atomic_write_text(folder / f"{name}.inter", header + "\n" + "\n".join(lines) + "\n")
     for fname, col, new_col, originals, kept in (
         ("u_id_mapping.csv", user_column, "userID", u_orig, u_kept),
         ("i_id_mapping.csv", item_column, "itemID", i_orig, i_kept),
     ):
         body = "\n".join(f"{o}\t{n}" for n, o in enumerate(originals[kept].tolist()))
-        _atomic_write_bytes(folder / fname, f"{col}\t{new_col}\n{body}\n".encode())
+        atomic_write_text(folder / fname, f"{col}\t{new_col}\n{body}\n")
     return folder
 
 

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from mmfast.data.dataset import Interactions
+from mmfast.data.interactions import Interactions
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfast.data.dataset import DataFormatError
+from mmfast.data.interactions import DataFormatError
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:

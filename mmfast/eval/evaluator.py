@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import torch
 
 from mmfast.data.dataset import Dataset, Interactions
-from mmfast.eval.csr import gather_rows
+from mmfast.ops.csr import gather_rows
 from mmfast.ops.metrics import METRICS, rank_metrics
 from mmfast.ops.topk import topk_of_scores, topk_scores
 

@@ -1,4 +1,6 @@
-"""What a model is to the trainer: parameters, a BPR-style loss per batch, final embeddings."""
+"""What a model is to the trainer: parameters, a loss per batch, final embeddings, and the
+extension points of a training step (auxiliary optimizers, a hook between backward and step,
+model-owned random streams, the epoch counter)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +9,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
+from mmfast.configs import load_yaml, model_config_path
 from mmfast.data.dataset import Dataset
 
 
@@ -17,7 +20,17 @@ class Recommender(nn.Module):
     ``(users, positives, negatives)``; it must not read values back to the host, so that a
     training step never waits on the device) and ``embeddings`` (final user and item vectors;
     the score of (u, i) is their inner product, as in MMRec's ``full_sort_predict``).
-    ``pre_epoch_processing``/``post_epoch_processing`` are MMRec's per-epoch hooks.
+    ``pre_epoch_processing``/``post_epoch_processing`` are MMRec's per-epoch hooks;
+    ``current_epoch`` (set by the trainer before each epoch, restored on resume) lets a model
+    follow its own schedule (e.g. a warm-up).
+
+    A training step is :meth:`train_step`: zero the gradients, ``calculate_loss``, backward,
+    :meth:`after_backward`, the model optimizer's step. Models that train a part of themselves
+    on their own terms (SEA's CLUB q-net: its own Adam, 50 steps between the model's backward
+    and its step) register that optimizer with :meth:`add_auxiliary_optimizer` and run it in
+    ``after_backward``; the trainer keeps its parameters out of the model optimizer and saves its
+    state. Random draws a model makes itself come from :meth:`add_generator` streams, which
+    ``last.pt`` saves, so a resumed run continues bit-identically.
 
     Default hyper-parameters come from ``config_file`` (a YAML path), else the package's
     ``configs/model/<Name>.yaml``, else ``defaults``.
@@ -31,6 +44,9 @@ class Recommender(nn.Module):
         self.config = dict(config)
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.device = torch.device(device)
+        self.current_epoch = 0
+        self._auxiliary_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._generators: dict[str, torch.Generator] = {}
 
     # --------------------------------------------------------------- the contract
     def calculate_loss(
@@ -43,18 +59,93 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def pre_epoch_processing(self) -> None:
-        """Runs before each training epoch (FREEDOM prunes edges here)."""
+        """Runs before each training epoch, after ``current_epoch`` is set (FREEDOM prunes
+        edges here)."""
 
     def post_epoch_processing(self) -> None:
         """Runs after each training epoch."""
+
+    # --------------------------------------------------------------- the training step
+    def train_step(
+        self,
+        users: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+    ) -> torch.Tensor:
+        """One batch: the loss, its gradients, :meth:`after_backward`, ``optimizer.step()``.
+        Returns the detached loss (no host read). Override only to change the step's shape;
+        most models need just ``calculate_loss`` and perhaps ``after_backward``."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.calculate_loss(users, positives, negatives)
+        loss.backward()
+        self.after_backward()
+        optimizer.step()
+        return loss.detach()
+
+    def after_backward(self) -> None:
+        """Runs after the model loss's backward pass, before the model optimizer's step: the
+        model gradients are final here (computed with the auxiliary parts as they were), and
+        auxiliary optimizers may step (SEA: 50 q-net steps on detached pairs)."""
+
+    def add_auxiliary_optimizer(
+        self, name: str, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.Optimizer:
+        """Register an optimizer the model runs itself (in ``after_backward`` or ``train_step``).
+        Its parameters are left out of the model optimizer, and its state is saved in
+        ``last.pt`` and restored on resume. Returns ``optimizer``."""
+        if name in self._auxiliary_optimizers:
+            raise ValueError(f"{type(self).__name__}: auxiliary optimizer {name!r} exists already")
+        mine = {id(p) for p in self.parameters()}
+        for group in optimizer.param_groups:
+            if any(id(p) not in mine for p in group["params"]):
+                raise ValueError(f"{type(self).__name__}: auxiliary optimizer {name!r} holds "
+                                 "parameters that are not the model's")
+        self._auxiliary_optimizers[name] = optimizer
+        return optimizer
+
+    @property
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return dict(self._auxiliary_optimizers)
+
+    def auxiliary_parameters(self) -> set[int]:
+        """ids of the parameters auxiliary optimizers own (kept out of the model optimizer)."""
+        return {id(p) for opt in self._auxiliary_optimizers.values()
+                for group in opt.param_groups for p in group["params"]}
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters the model optimizer updates."""
+        aux = self.auxiliary_parameters()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in aux]
+
+    # --------------------------------------------------------------- random streams
+    def add_generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
+        """A random stream of the model's own on ``device`` (default: the model's), seeded from
+        the global torch RNG (so from the run's seed), saved in ``last.pt``. Draws from it
+        (``torch.randperm(n, generator=g, device=g.device)``) stay on the device and never
+        disturb the global stream the trainer's other draws use."""
+        if name in self._generators:
+            raise ValueError(f"{type(self).__name__}: generator {name!r} exists already")
+        gen = torch.Generator(device=torch.device(device or self.device))
+        gen.manual_seed(int(torch.randint(0, 2**62, (1,))))
+        self._generators[name] = gen
+        return gen
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {name: g.get_state() for name, g in self._generators.items()}
+
+    def set_rng_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if set(state) != set(self._generators):
+            raise ValueError(f"{type(self).__name__}: saved random streams {sorted(state)} do not "
+                             f"match the model's {sorted(self._generators)}")
+        for name, s in state.items():
+            self._generators[name].set_state(s)
 
     # --------------------------------------------------------------- helpers
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         """The nearest class in the MRO with a ``config_file``, a package YAML of its name,
         or ``defaults`` decides (so a subclass inherits its parent's defaults)."""
-        from mmfast.trainer.config import load_yaml, model_config_path
-
         for klass in cls.__mro__:
             if not (isinstance(klass, type) and issubclass(klass, Recommender)):
                 break

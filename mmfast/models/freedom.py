@@ -5,32 +5,22 @@ Forward: h = S^L_mm e_item (S the mixed kNN graph, frozen); [u; i] = mean of lay
 0..L_ui of Â_pruned [e_user; e_item]; item vector = i + h. Loss: BPR(u, i+h) plus
 ``reg_weight`` times the BPR of the users against each modality's projected features
 (``Linear(feature) -> feat_embed_dim``). Evaluation uses the full Â, no pruning.
+
+Reference: Xin Zhou and Zhiqi Shen. "A Tale of Two Graphs: Freezing and Denoising Graph
+Structures for Multimodal Recommendation." ACM MM 2023.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
 from mmfast.data.dataset import Dataset
-from mmfast.data.knn import item_knn_graph
+from mmfast.data.knn import item_knn_graph, modality_weights
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn import DegreeSensitivePruning, bpr_loss
+from mmfast.nn import DegreeSensitivePruning, LightGCNEmbeddings, ModalityProjection, bpr_loss
 from mmfast.ops import SparseGraph, propagate
-
-
-def modality_weights(modalities: list[str], image_weight: float) -> dict[str, float]:
-    """MMRec mixes S = a S_image + (1 - a) S_text; with other modality sets (TikTok's image +
-    audio) the image keeps ``image_weight`` and the others share the rest equally, and
-    without an image modality all weigh the same (one modality: weight 1)."""
-    if len(modalities) == 1:
-        return {modalities[0]: 1.0}
-    if "image" in modalities:
-        rest = (1.0 - image_weight) / (len(modalities) - 1)
-        return {m: (image_weight if m == "image" else rest) for m in modalities}
-    return {m: 1.0 / len(modalities) for m in modalities}
 
 
 @register()
@@ -41,29 +31,21 @@ class FREEDOM(Recommender):
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
-        modalities = [m for m in dataset.modalities]
+        modalities = list(dataset.modalities)
         if not modalities:
             raise ValueError(
                 f"FREEDOM needs item features, and dataset {dataset.name!r} has none "
                 "(<modality>_feat.npy files beside the .inter file)"
             )
-        d, f = int(config["embedding_size"]), int(config["feat_embed_dim"])
         self.n_mm_layers = int(config["n_mm_layers"])
         self.n_ui_layers = int(config["n_ui_layers"])
         self.reg_weight = float(config["reg_weight"])
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_id_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_id_embedding.weight)
-
+        self.ids = LightGCNEmbeddings(self.n_users, self.n_items, int(config["embedding_size"]))
         raw = {m: dataset.feature(m).float() for m in modalities}
-        freeze = bool(config.get("freeze_features", False))
         # MMRec keeps the raw features as trainable embedding tables (fine-tuned by the
         # modality BPR terms); freeze_features keeps them fixed.
-        self.features = nn.ParameterDict(
-            {m: nn.Parameter(t.clone(), requires_grad=not freeze) for m, t in raw.items()}
-        )
-        self.projections = nn.ModuleDict({m: nn.Linear(t.shape[1], f) for m, t in raw.items()})
+        self.modal = ModalityProjection(raw, int(config["feat_embed_dim"]),
+                                        trainable=not bool(config.get("freeze_features", False)))
         weights = modality_weights(modalities, float(config["mm_image_weight"]))
         # G2, built once (cached on disk) and frozen.
         self.mm_adj = item_knn_graph(
@@ -77,22 +59,18 @@ class FREEDOM(Recommender):
         self.train_adj = self.pruning.sample()
 
     def forward(self, adj: SparseGraph) -> tuple[torch.Tensor, torch.Tensor]:
-        h = propagate(self.mm_adj, self.item_id_embedding.weight, self.n_mm_layers, "last")
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
-        out = propagate(adj, ego, self.n_ui_layers, "mean")
-        return out[: self.n_users], out[self.n_users:] + h
+        h = propagate(self.mm_adj, self.ids.item.weight, self.n_mm_layers, "last")
+        u, i = self.ids(adj, self.n_ui_layers)
+        return u, i + h
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.train_adj)
         ub = u[users]
         loss = bpr_loss(ub, i[positives], i[negatives])
         if self.reg_weight:
-            for m, proj in self.projections.items():
-                # Project only the batch's rows: the same values and gradients as projecting
-                # every item and then indexing (MMRec's order), at a fraction of the work.
-                feats = self.features[m]
+            for m in self.modal.modalities:
                 loss = loss + self.reg_weight * bpr_loss(
-                    ub, proj(feats[positives]), proj(feats[negatives]))
+                    ub, self.modal(m, positives), self.modal(m, negatives))
         return loss
 
     @torch.no_grad()

@@ -11,22 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from mmfast.data.dataset import Interactions
+from mmfast.data.graphs import bipartite_normalized
+from mmfast.data.interactions import Interactions
 from mmfast.ops.sparse_graph import SparseGraph
 
-
-def symmetric_graph(
-    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, eps: float = 1e-7
-) -> SparseGraph:
-    """D^-1/2 A D^-1/2 over users + items for the given (user, item) edges; degree + eps as
-    FREEDOM does (the same as giving isolated nodes 0)."""
-    du = torch.bincount(users, minlength=n_users).double() + eps
-    di = torch.bincount(items, minlength=n_items).double() + eps
-    w = (du[users].rsqrt() * di[items].rsqrt()).float()
-    rows = torch.cat([users, items + n_users])
-    cols = torch.cat([items + n_users, users])
-    n = n_users + n_items
-    return SparseGraph.from_coo(rows, cols, torch.cat([w, w]), (n, n), is_symmetric=True)
+FREEDOM_DEGREE_EPS = 1e-7  # FREEDOM normalizes by (degree + 1e-7)^-1/2
 
 
 class DegreeSensitivePruning:
@@ -46,11 +35,15 @@ class DegreeSensitivePruning:
         self.dropout = dropout
 
     def full(self) -> SparseGraph:
-        return symmetric_graph(self.users, self.items, self.n_users, self.n_items).to(self.device)
+        return self._normalized(self.users, self.items)
 
     def sample(self, generator: torch.Generator | None = None) -> SparseGraph:
         if self.dropout == 0.0:
             return self.full()
         e = torch.empty_like(self.weights).exponential_(generator=generator)
         kept = torch.topk(e / self.weights, self.keep, largest=False, sorted=False).indices
-        return symmetric_graph(self.users[kept], self.items[kept], self.n_users, self.n_items)
+        return self._normalized(self.users[kept], self.items[kept])
+
+    def _normalized(self, users: torch.Tensor, items: torch.Tensor) -> SparseGraph:
+        return bipartite_normalized(users, items, self.n_users, self.n_items,
+                                    degree_eps=FREEDOM_DEGREE_EPS)

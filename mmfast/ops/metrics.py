@@ -18,6 +18,7 @@ from typing import Iterable, Sequence, Tuple, Union
 
 import torch
 
+from mmfast.ops.csr import expand_rows
 from mmfast.ops.sparse_graph import SparseGraph
 
 METRICS: tuple[str, ...] = ("recall", "ndcg", "precision", "map", "hit")
@@ -133,9 +134,7 @@ def _hits(topk_indices: torch.Tensor, truth: Truth) -> tuple[torch.Tensor, torch
         )
     device = topk_indices.device
     shift = 32  # key = user << 32 | item: item ids are below 2^31
-    rows = torch.repeat_interleave(
-        torch.arange(n_users, device=device), rowptr[1:] - rowptr[:-1], output_size=col.numel()
-    )
+    rows = expand_rows(rowptr, col.numel())
     keys = torch.unique_consecutive(torch.sort((rows << shift) | col.long()).values)
     n_truth = torch.bincount(keys >> shift, minlength=n_users)[:n_users]
     idx = topk_indices.long()

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from mmfast.ops.csr import check_csr_indices, expand_rows, rowptr_from_rows
+
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _VALUE_DTYPES = (torch.float32, torch.float64)
 
@@ -99,7 +101,7 @@ class SparseGraph:
                 0, inverse, vals
             )
         rows, cols = key // max(n_cols, 1), key % max(n_cols, 1)
-        rowptr = _rowptr_from_rows(rows, n_rows)
+        rowptr = rowptr_from_rows(rows, n_rows)
         col_dtype = torch.int32 if n_cols < 2**31 else torch.int64
         return cls(rowptr, cols.to(col_dtype), vals, (n_rows, n_cols), is_symmetric=is_symmetric)
 
@@ -149,10 +151,7 @@ class SparseGraph:
 
     def row_indices(self) -> torch.Tensor:
         """The row of every stored entry (COO rows), int64."""
-        counts = self.rowptr[1:] - self.rowptr[:-1]
-        return torch.repeat_interleave(
-            torch.arange(self.n_rows, device=self.device), counts, output_size=self.nnz
-        )
+        return expand_rows(self.rowptr, self.nnz)
 
     def degrees(self) -> torch.Tensor:
         """Stored entries per row, int64."""
@@ -251,42 +250,6 @@ class SparseGraph:
         col_sorted, order = torch.sort(self.col.long(), stable=True)
         row_dtype = torch.int32 if self.n_rows < 2**31 else torch.int64
         return SparseGraph._unchecked(
-            _rowptr_from_rows(col_sorted, self.n_cols), rows[order].to(row_dtype),
+            rowptr_from_rows(col_sorted, self.n_cols), rows[order].to(row_dtype),
             self.val[order], (self.n_cols, self.n_rows), self,
         )
-
-
-def check_csr_indices(
-    rowptr: torch.Tensor,
-    col: torch.Tensor,
-    n_cols: int,
-    where: str,
-    rowptr_name: str = "rowptr",
-    col_holds: str = "col holds column indices",
-) -> None:
-    """The CSR structure itself: ``rowptr`` starts at 0, ends at nnz and never decreases, and
-    every ``col`` entry lies in [0, n_cols). Errors start with ``where``."""
-    nnz = col.numel()
-    if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
-        raise ValueError(
-            f"{where}: {rowptr_name} must start at 0 and end at nnz = {nnz}, got "
-            f"{int(rowptr[0])} ... {int(rowptr[-1])}"
-        )
-    falls = rowptr[1:] < rowptr[:-1]
-    if bool(falls.any()):
-        bad = int(falls.nonzero()[0])
-        raise ValueError(
-            f"{where}: {rowptr_name} must be non-decreasing (sorted CSR); rowptr[{bad + 1}] = "
-            f"{int(rowptr[bad + 1])} < rowptr[{bad}] = {int(rowptr[bad])}"
-        )
-    if nnz:
-        lo, hi = int(col.min()), int(col.max())
-        if lo < 0 or hi >= n_cols:
-            raise ValueError(f"{where}: {col_holds} outside [0, {n_cols}): min {lo}, max {hi}")
-
-
-def _rowptr_from_rows(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    rowptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
-    if rows.numel():
-        torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=rowptr[1:])
-    return rowptr

@@ -6,10 +6,10 @@
 """
 from mmfast.trainer.config import ConfigError, grid_points, resolve
 from mmfast.trainer.early_stopping import EarlyStopping
-from mmfast.trainer.experiment import RunResult, load_dataset, run
+from mmfast.trainer.experiment import RunResult, run
 from mmfast.trainer.fit import Trainer, TrainingInterrupted
 
 __all__ = [
     "ConfigError", "EarlyStopping", "RunResult", "Trainer", "TrainingInterrupted",
-    "grid_points", "load_dataset", "resolve", "run",
+    "grid_points", "resolve", "run",
 ]

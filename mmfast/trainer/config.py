@@ -9,53 +9,20 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-4`` as a string, users mean a number."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
+from mmfast.configs import (
+    CONFIG_DIR, ConfigError, dataset_config_path, load_yaml, model_config_path, parse_yaml,
 )
 
-
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is malformed, unknown or of the wrong type."""
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (an empty file is an empty mapping)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = _yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a mapping of key: value, got {type(data).__name__}")
-    return data
-
+__all__ = [
+    "CONFIG_DIR", "ConfigError", "check_layer", "dataset_config_path", "default_point",
+    "dump", "grid_keys", "grid_points", "load_yaml", "merge", "model_config_path",
+    "parse_override", "point_params", "resolve", "validate",
+]
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with ``value`` read as YAML (``n_layers=[1,2]``, ``x=null``, ``a.b=3``)."""
@@ -64,7 +31,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
-        value = _yaml(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from None
     return key, value
@@ -140,14 +107,6 @@ def check_layer(
         raise ConfigError(
             f"config key {name!r} ({source}) expects a {want} like {default!r}, got {value!r}"
         )
-
-
-def model_config_path(model: str) -> Path:
-    return CONFIG_DIR / "model" / f"{model}.yaml"
-
-
-def dataset_config_path(dataset: str) -> Path:
-    return CONFIG_DIR / "dataset" / f"{dataset}.yaml"
 
 
 def resolve(

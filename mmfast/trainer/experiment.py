@@ -18,12 +18,12 @@ from typing import Any, Mapping
 
 import torch
 
-from mmfast import data as mmdata
 from mmfast import models
-from mmfast.data.dataset import Dataset, DataFormatError
+from mmfast.data import dataset_root, load_dataset
 from mmfast.ops import use_backend
 from mmfast.trainer import config as cfg
-from mmfast.trainer.checkpoint import atomic_copy, atomic_write_text, seed_everything
+from mmfast._atomic import atomic_copy, atomic_write_text
+from mmfast.trainer.rng import seed_everything
 from mmfast.trainer.evaluation import build_evaluator, valid_metric
 from mmfast.trainer.fit import BEST, CURVES, LAST, METRICS, Trainer, TrainingInterrupted
 from mmfast.trainer.progress import use_bar
@@ -50,46 +50,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise cfg.ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-def dataset_root(config: Mapping[str, Any]) -> Path | None:
-    """Where ``config``'s dataset is read from; None for the embedded synthetic one. Raises
-    a ConfigError naming the fix when the folder is missing."""
-    name = config["dataset"]
-    root = config.get("data_path") or os.environ.get("MMFAST_DATA")
-    if name == "synthetic" and (root is None or not (Path(root) / name).is_dir()):
-        return None
-    if root is None:
-        raise cfg.ConfigError(
-            f"dataset {name!r} needs a data folder: --data-root DIR (holding {name}/{name}.inter) "
-            "or $MMFAST_DATA; the embedded dataset is 'synthetic'"
-        )
-    if not (Path(root) / name).is_dir():
-        found = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
-        raise cfg.ConfigError(
-            f"unknown dataset {name!r}: no folder {Path(root) / name}"
-            + (f"; {root} holds {', '.join(found)}" if found else f" ({root} has no dataset folders)")
-        )
-    return Path(root)
-
-
-def load_dataset(config: Mapping[str, Any]) -> Dataset:
-    """The dataset named in ``config``: the embedded synthetic one, or ``<data_path>/<name>``."""
-    root = dataset_root(config)
-    if root is None:
-        ds = mmdata.load("synthetic", **dict(config.get("synthetic") or {}))
-        wanted = config.get("modalities")
-        if wanted is not None:
-            missing = set(wanted) - set(ds.features)
-            if missing:
-                raise cfg.ConfigError(f"synthetic has no {sorted(missing)} features")
-            ds.features = {m: ds.features[m] for m in wanted}
-        return ds
-    kwargs = {k: config.get(k) for k in ("modalities", "feature_dir", "fused_feature")}
-    try:
-        return mmdata.load(config["dataset"], root, **{k: v for k, v in kwargs.items() if v is not None})
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise cfg.ConfigError(f"dataset {config['dataset']!r}: {exc}") from None
 
 
 def new_run_dir(out: Path, model: str, dataset: str) -> tuple[Path, str]:

@@ -1,11 +1,13 @@
 """Training of one configuration (one grid point): MMRec's epoch loop, resumable.
 
-Per epoch: the model's pre-epoch hook, a pass over freshly sampled (user, pos, neg) batches
-with Adam, the LambdaLR step, the post-epoch hook, then valid and test evaluation every
-``eval_step`` epochs, early stopping on the valid metric, ``best.pt`` on a new best and
-``last.pt`` (everything needed to continue, RNG streams included) every
-``checkpoint_every`` epochs. The batch loss is summed on the device and read once per epoch,
-so a training step never waits for the device.
+Per epoch: ``model.current_epoch`` and the model's pre-epoch hook, a pass over freshly sampled
+(user, pos, neg) batches, each one ``model.train_step`` (loss, backward, the model's
+``after_backward`` hook, the model optimizer's step; auxiliary optimizers are the model's),
+the LambdaLR step, the post-epoch hook, then valid and test evaluation every ``eval_step``
+epochs, early stopping on the valid metric, ``best.pt`` on a new best and ``last.pt``
+(everything needed to continue: every optimizer's state, the global RNG streams and the
+model's own) every ``checkpoint_every`` epochs. The batch loss is summed on the device and
+read once per epoch, so a training step never waits for the device.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import torch
 
 from mmfast.data.sampler import NegativeSampler
 from mmfast.models.base import Recommender
-from mmfast.trainer.checkpoint import atomic_torch_save, rng_state, set_rng_state
+from mmfast._atomic import atomic_torch_save
+from mmfast.trainer.rng import rng_state, set_rng_state
 from mmfast.trainer.early_stopping import EarlyStopping
 from mmfast.trainer.evaluation import SplitEvaluator, valid_metric
 from mmfast.trainer.progress import epoch_bar
@@ -55,9 +58,10 @@ class Trainer:
         self.folder, self.logger, self.progress = Path(folder), logger, progress
         self.params = dict(params or {})
         self.metric = valid_metric(config)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        # Parameters an auxiliary optimizer of the model owns stay out of the model optimizer.
         self.optimizer = torch.optim.Adam(
-            trainable, lr=float(config["learning_rate"]), weight_decay=float(config["weight_decay"])
+            model.model_parameters(), lr=float(config["learning_rate"]),
+            weight_decay=float(config["weight_decay"]),
         )
         gamma, period = (float(x) for x in config["learning_rate_scheduler"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -75,6 +79,9 @@ class Trainer:
         return {
             "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "auxiliary_optimizers": {name: opt.state_dict() for name, opt
+                                     in self.model.auxiliary_optimizers.items()},
+            "model_rng": self.model.rng_state(),
             "stopper": self.stopper.state_dict(), "history": self.history, "best": self.best,
             "sampler": self.sampler.generator.get_state(), "rng": rng_state(),
             "params": self.params, "status": self.status,
@@ -85,6 +92,14 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        auxiliary = self.model.auxiliary_optimizers
+        saved = state.get("auxiliary_optimizers", {})
+        if set(saved) != set(auxiliary):
+            raise ValueError(f"{path}: saved auxiliary optimizers {sorted(saved)} do not match "
+                             f"the model's {sorted(auxiliary)}")
+        for name, opt in auxiliary.items():
+            opt.load_state_dict(saved[name])
+        self.model.set_rng_state(state.get("model_rng", {}))
         self.scheduler.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["stopper"])
         self.history, self.best = state["history"], state["best"]
@@ -101,14 +116,11 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
+        self.model.current_epoch = epoch
         self.model.pre_epoch_processing()
         total = torch.zeros((), device=self.sampler.device)
         for users, pos, neg in epoch_bar(self.sampler, len(self.sampler), epoch, self.progress):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.calculate_loss(users, pos, neg)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach()
+            total += self.model.train_step(users, pos, neg, self.optimizer)
         self.scheduler.step()
         self.model.post_epoch_processing()
         return float(total)  # the one host sync of the epoch

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mmfast.trainer.checkpoint import atomic_write_json
+from mmfast._atomic import atomic_write_json
 
 LOG_FORMAT = "%(asctime)-15s %(levelname)s %(message)s"
 DATE_FORMAT = "%a %d %b %Y %H:%M:%S"
