@@ -24,6 +24,12 @@ DEVICE = torch.device(
 _RESULTS: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
 
 
+def randn_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    """[n, d] standard-normal rows on DEVICE, the same for a seed whatever the device."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=gen).to(DEVICE)
+
+
 def synchronize() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "losses.h"
+#include "club.h"
 
 namespace mmfast {
 namespace {

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "checks.h"
-#include "losses.h"
+#include "solosim.h"
 
 namespace mmfast {
 namespace {

@@ -9,7 +9,9 @@
 namespace mmfast {
 
 // One checked topk_scores call. Rows of `queries` score against rows of `keys`; query row q
-// skips the key ids ex_col[ex_rowptr[q] .. ex_rowptr[q+1]) when has_exclude.
+// skips the key ids ex_col[ex_rowptr[q] .. ex_rowptr[q+1]) when has_exclude. The driver checks
+// the exclude CSR's dtypes and sizes only, not its contents (no host syncs): a kernel must not
+// read out of bounds when rowptr or col is corrupt (see topk.cpp).
 struct TopkProblem {
   at::Tensor queries, keys;    // [n_queries, d], [n_keys, d], contiguous, same dtype
   int64_t k;                   // >= 1

@@ -18,6 +18,12 @@ CUDA = torch.cuda.is_available() and mmfast.info(verbose=False).get("cuda_kernel
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and the CUDA kernels")
 
 
+def randn(*shape, seed=0, dtype=torch.float64, device="cpu", scale=1.0):
+    """A seeded standard normal tensor, drawn in float64 and then cast (same values per seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
 def random_graph(
     n_rows: int,
     n_cols: int,

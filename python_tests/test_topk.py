@@ -9,6 +9,7 @@ import torch
 from conftest import requires_cuda
 from mmfast import ops
 from mmfast.ops import SparseGraph, topk_scores
+from mmfast.ops import topk as topk_module
 
 WIDTHS = [1, 3, 64, 128]
 NEG_INF = float("-inf")
@@ -245,6 +246,57 @@ def test_errors_from_the_op_itself():
         torch.ops.mmfast.topk_scores(q, keys, 1, rowptr, None)
     with pytest.raises(RuntimeError, match="rowptr must start at 0 and end at nnz"):
         torch.ops.mmfast.topk_scores(q, keys, 1, rowptr, torch.tensor([0, 1]))
+
+
+
+def test_the_op_raises_cleanly_on_a_corrupt_exclude():
+    # The op does not validate the CSR's contents up front (that is the wrapper's job, or the
+    # SparseGraph's), but on CPU it must never read out of bounds: it raises instead.
+    q, keys = torch.randn(300, 4), torch.randn(6, 4)  # 300 queries: several blocks, threads
+    rowptr = torch.arange(301)
+    col = torch.zeros(300, dtype=torch.int64)
+    big = 1 << 40
+    corrupt = {
+        "huge col": (rowptr, col.index_fill(0, torch.tensor([150]), big),
+                     r"exclude holds key ids outside \[0, 6\)"),
+        "negative col (int32)": (rowptr, col.int().index_fill(0, torch.tensor([7]), -3),
+                                 r"exclude holds key ids outside \[0, 6\)"),
+        "decreasing rowptr": (rowptr.index_fill(0, torch.tensor([200]), 10), col,
+                              "rowptr must be non-decreasing"),
+        "rowptr far beyond nnz inside": (rowptr.index_fill(0, torch.tensor([100]), big), col,
+                                         "rowptr must be non-decreasing"),
+        "negative rowptr inside": (rowptr.index_fill(0, torch.tensor([100]), -big), col,
+                                   "rowptr must be non-decreasing"),
+        "rowptr end beyond nnz": (rowptr.index_fill(0, torch.tensor([300]), 301), col,
+                                  "rowptr must start at 0 and end at nnz"),
+    }
+    for name, (rp, c, message) in corrupt.items():
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.mmfast.topk_scores(q, keys, 2, rp, c)
+    # The process is fine and a valid CSR still gives the reference's answer.
+    want = ops.topk_scores_reference(q, keys, 2, (rowptr, col))
+    for got, ref in zip(torch.ops.mmfast.topk_scores(q, keys, 2, rowptr, col), want):
+        torch.testing.assert_close(got, ref)
+
+
+def test_a_sparse_graph_exclude_is_not_validated_again(monkeypatch):
+    # SparseGraph validated the CSR when it was built: the wrapper must not check it again (on
+    # CUDA each check is a device->host sync). A raw CSR is checked exactly once per call.
+    calls = []
+    real = topk_module.check_csr_indices
+    monkeypatch.setattr(topk_module, "check_csr_indices",
+                        lambda *args, **kwargs: calls.append(args) or real(*args, **kwargs))
+    q, keys = torch.randn(33, 8), torch.randn(500, 8)
+    rowptr, col = random_exclude(33, 500, 20.0, seed=5)
+    graph = SparseGraph(rowptr, col, torch.ones(col.numel()), (33, 500))
+    for backend in ("mmfast", "torch"):
+        got = topk_scores(q, keys, 7, graph, backend=backend)
+        assert not calls
+        want = topk_scores(q, keys, 7, (rowptr, col), backend=backend)
+        assert len(calls) == 1
+        calls.clear()
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
 
 
 # ------------------------------------------------------------------------ CUDA

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "../bind.h"
-#include "../losses.h"
+#include "../club.h"
 
 namespace mmfast {
 namespace {

@@ -10,7 +10,7 @@
 #include <limits>
 
 #include "../bind.h"
-#include "../losses.h"
+#include "../solosim.h"
 
 namespace mmfast {
 namespace {

@@ -205,8 +205,18 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
   const int64_t cap = 2 * k + 64;
   const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
   const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
+  const int64_t ex_nnz = p.has_exclude ? p.ex_col.numel() : 0;
   scalar_t* out_values = values.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
+  // The driver does not read the exclude CSR (see topk.cpp); here it is in host memory, so
+  // its structure is checked as it is read, at no extra pass: a bad row or id is skipped and
+  // reported once the threads are done, and nothing is ever read out of bounds.
+  if (ex_rowptr != nullptr) {
+    TORCH_CHECK(ex_rowptr[0] == 0 && ex_rowptr[n_queries] == ex_nnz,
+                "topk_scores: exclude rowptr must start at 0 and end at nnz = ", ex_nnz, ", got ",
+                ex_rowptr[0], " ... ", ex_rowptr[n_queries]);
+  }
+  std::atomic<bool> bad_rowptr{false}, bad_col{false};
 
   // Threads take blocks from a shared counter rather than fixed ranges, so one thread that
   // the OS preempts (the CPU is shared) does not hold the rest up. A block's result does not
@@ -227,8 +237,19 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
         excluded[r].clear();
         next_excluded[r] = 0;
         if (ex_rowptr != nullptr) {
-          for (int64_t e = ex_rowptr[q0 + r]; e < ex_rowptr[q0 + r + 1]; ++e)
-            excluded[r].push_back(static_cast<int64_t>(ex_col[e]));
+          const int64_t begin = ex_rowptr[q0 + r], end = ex_rowptr[q0 + r + 1];
+          if (begin < 0 || begin > end || end > ex_nnz) {
+            bad_rowptr = true;
+            continue;
+          }
+          for (int64_t e = begin; e < end; ++e) {
+            const int64_t id = static_cast<int64_t>(ex_col[e]);
+            if (id < 0 || id >= n_keys) {
+              bad_col = true;
+              continue;
+            }
+            excluded[r].push_back(id);
+          }
           std::sort(excluded[r].begin(), excluded[r].end());
         }
       }
@@ -259,6 +280,9 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
         lists[r].write(out_values + (q0 + r) * k, out_indices + (q0 + r) * k);
     }
   });
+  TORCH_CHECK(!bad_rowptr, "topk_scores: exclude rowptr must be non-decreasing (sorted CSR) and "
+              "stay within [0, nnz = ", ex_nnz, "]");
+  TORCH_CHECK(!bad_col, "topk_scores: exclude holds key ids outside [0, ", n_keys, ")");
 }
 
 void topk_kernel_cpu(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {

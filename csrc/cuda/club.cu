@@ -18,7 +18,7 @@
 #include <cmath>
 
 #include "../bind.h"
-#include "../losses.h"
+#include "../club.h"
 
 namespace mmfast {
 namespace {

@@ -15,7 +15,7 @@
 #include <algorithm>
 
 #include "../bind.h"
-#include "../losses.h"
+#include "../solosim.h"
 
 namespace mmfast {
 namespace {

@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
 score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __restrict__ keys,
                     int64_t n_queries, int64_t n_keys, int64_t d, int k,
                     const int64_t* __restrict__ ex_rowptr, const index_t* __restrict__ ex_col,
-                    int64_t tiles_per_split, int64_t n_tiles, int cap,
+                    int64_t ex_nnz, int64_t tiles_per_split, int64_t n_tiles, int cap,
                     scalar_t* __restrict__ buf_val, int32_t* __restrict__ buf_idx,
                     int32_t* __restrict__ buf_count) {
   __shared__ scalar_t key_s[kSlice][kKeyTile + 1];  // transposed: lanes read along keys
@@ -186,7 +186,12 @@ score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __rest
       scalar_t* val = buf_val + slot * cap;
       int32_t* idx = buf_idx + slot * cap;
       if (ex_rowptr != nullptr) {  // mark this tile's excluded keys, one bit each
-        for (int64_t e = ex_rowptr[q] + lane; e < ex_rowptr[q + 1]; e += 32) {
+        // The CSR is not validated on the device (see topk.cpp): rows are clamped to
+        // [0, nnz] and ids outside this tile (out-of-range ones included) are skipped, so a
+        // corrupt one can give wrong results but never reads out of bounds.
+        const int64_t e_begin = min(max(ex_rowptr[q], int64_t(0)), ex_nnz);
+        const int64_t e_end = min(max(ex_rowptr[q + 1], e_begin), ex_nnz);
+        for (int64_t e = e_begin + lane; e < e_end; e += 32) {
           const int64_t id = static_cast<int64_t>(ex_col[e]) - k0;
           if (id >= 0 && id < kKeyTile) atomicOr(&excluded_s[warp][r][id / 32], 1u << (id % 32));
         }
@@ -339,7 +344,8 @@ void topk_kernel_cuda(const TopkProblem& p, at::Tensor& values, at::Tensor& indi
       score_select_kernel<scalar_t, index_t><<<grid, kThreads, 0, stream>>>(
           p.queries.data_ptr<scalar_t>(), p.keys.data_ptr<scalar_t>(), n_queries, n_keys, d,
           static_cast<int>(k), p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr,
-          p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr, tiles_per_split, n_tiles, cap,
+          p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr,
+          p.has_exclude ? p.ex_col.numel() : int64_t(0), tiles_per_split, n_tiles, cap,
           buf_val.data_ptr<scalar_t>(), buf_idx.data_ptr<int32_t>(),
           buf_count.data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -5,6 +5,13 @@ Each op takes ``backend=None`` (the process default, see :func:`set_default_back
 of the same op, used by tests and benchmarks).
 """
 from mmfast.ops._backend import get_default_backend, set_default_backend, use_backend
+from mmfast.ops.club import (
+    club_learn,
+    club_learn_reference,
+    club_nll,
+    club_upper_bound,
+    club_upper_bound_reference,
+)
 from mmfast.ops.graph import (
     layer_coefficients,
     propagate,
@@ -12,16 +19,8 @@ from mmfast.ops.graph import (
     spmm,
     spmm_reference,
 )
-from mmfast.ops.losses import (
-    club_learn,
-    club_learn_reference,
-    club_nll,
-    club_upper_bound,
-    club_upper_bound_reference,
-    solosim_loss,
-    solosim_reference,
-)
 from mmfast.ops.metrics import METRICS, rank_metrics
+from mmfast.ops.solosim import solosim_loss, solosim_reference
 from mmfast.ops.sparse_graph import SparseGraph
 from mmfast.ops.topk import CUDA_MAX_K, topk_of_scores, topk_scores, topk_scores_reference
 

@@ -12,6 +12,12 @@ Contract, the same on CPU, CUDA and the pure-PyTorch reference:
 - a row with fewer than k candidates is padded with value ``-inf`` and index ``-1``;
 - k >= 1 and any k on CPU; at most :data:`CUDA_MAX_K` (1024) on CUDA;
 - not differentiable (evaluation and graph building only): the inputs are detached.
+
+The exclude CSR is validated once per call, here: a raw ``(rowptr, col)`` by
+:func:`check_csr_indices` (a few device->host reads on CUDA), a :class:`SparseGraph` not at all
+(it was validated when built, so that path reads nothing back from the device). The compiled
+op checks only dtypes and sizes; direct ``torch.ops.mmfast.topk_scores`` callers own the CSR's
+structure (its kernels stay in bounds on a corrupt one, see docs/ops.md).
 """
 from __future__ import annotations
 
@@ -47,9 +53,8 @@ def topk_scores(
     """
     _check_k(k)
     _check_dense(queries, keys)
-    rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device)
-    if rowptr_col is not None and not isinstance(exclude, SparseGraph):  # graphs are checked
-        _check_exclude_range(rowptr_col, keys.shape[0])
+    rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device,
+                              validate=True)
     queries, keys = queries.detach(), keys.detach()
     if resolve(backend) == "torch":
         return topk_scores_reference(queries, keys, k, rowptr_col)
@@ -81,9 +86,8 @@ def topk_of_scores(
         raise ValueError(f"topk_of_scores: scores must be a 2-D tensor, got {_shape(scores)}")
     if not scores.dtype.is_floating_point:
         raise TypeError(f"topk_of_scores: scores must be floating point, got {scores.dtype}")
-    rowptr_col = _exclude_csr(exclude, scores.shape[0], scores.shape[1], scores.device)
-    if rowptr_col is not None and not isinstance(exclude, SparseGraph):
-        _check_exclude_range(rowptr_col, scores.shape[1])
+    rowptr_col = _exclude_csr(exclude, scores.shape[0], scores.shape[1], scores.device,
+                              validate=True)
     return _topk_of_scores_(scores.detach().clone(), k, rowptr_col)
 
 
@@ -162,9 +166,11 @@ def _check_dense(queries: torch.Tensor, keys: torch.Tensor) -> None:
 
 
 def _exclude_csr(
-    exclude: Exclude, n_rows: int, n_keys: int, device: torch.device
+    exclude: Exclude, n_rows: int, n_keys: int, device: torch.device, validate: bool = False
 ) -> CsrPair | None:
-    """``exclude`` as a checked (rowptr int64, col int32/int64) pair, or None."""
+    """``exclude`` as a (rowptr int64, col int32/int64) pair of the right length and device, or
+    None. With ``validate`` a raw CSR's structure is checked too (sorted rowptr from 0 to nnz,
+    ids in [0, n_keys)); a SparseGraph's never is: it was checked when built."""
     if exclude is None:
         return None
     if isinstance(exclude, SparseGraph):
@@ -196,12 +202,10 @@ def _exclude_csr(
         )
     if rowptr.device != device or col.device != device:
         raise ValueError(f"topk_scores: exclude is on {rowptr.device} but queries are on {device}")
+    if validate and not isinstance(exclude, SparseGraph):
+        check_csr_indices(rowptr, col, n_keys, "topk_scores", rowptr_name="exclude rowptr",
+                          col_holds="exclude holds key ids")
     return rowptr, col
-
-
-def _check_exclude_range(rowptr_col: CsrPair, n_keys: int) -> None:
-    check_csr_indices(*rowptr_col, n_keys, "topk_scores", rowptr_name="exclude rowptr",
-                      col_holds="exclude holds key ids")
 
 
 # ---------------------------------------------------------------------- registration

@@ -1,28 +1,13 @@
-// Fused losses (SoloSim InfoNCE, CLUB q-net learning): device-independent drivers and the
-// kernels each device provides. The drivers check arguments, allocate and do the O(N d)
-// arithmetic around the kernels; the kernels do the O(N^2 d) and per-step work.
+// CLUB q-net learning (club_learn): the device-independent driver and the kernel each device
+// provides. The driver checks the q-net's tensors and flattens them; the kernel runs the
+// Adam steps.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <tuple>
-#include <vector>
+#include <cstdint>
 
 namespace mmfast {
-
-// lse[i] = logsumexp_j scale * <a_i, b_j>. a, b contiguous [n, d]; lse preallocated [n].
-using SolosimForwardKernel = void (*)(const at::Tensor& a, const at::Tensor& b, double scale,
-                                      at::Tensor& lse);
-// With P = exp(scale * a b^T - lse[:, None]): pa = P b, pb = P^T a, both [n, d], preallocated.
-using SolosimBackwardKernel = void (*)(const at::Tensor& a, const at::Tensor& b, double scale,
-                                       const at::Tensor& lse, at::Tensor& pa, at::Tensor& pb);
-
-std::tuple<at::Tensor, at::Tensor> solosim_with(SolosimForwardKernel kernel, const at::Tensor& a,
-                                                const at::Tensor& b, double scale);
-std::tuple<at::Tensor, at::Tensor> solosim_backward_with(SolosimBackwardKernel kernel,
-                                                         const at::Tensor& grad,
-                                                         const at::Tensor& a, const at::Tensor& b,
-                                                         const at::Tensor& lse, double scale);
 
 // The CLUB q-net's shapes: mu head Linear(dx, h) -> ReLU -> Linear(h, dy); logvar head the
 // same followed by tanh. Flat parameter layout, in this order:

@@ -1,163 +1,21 @@
-"""Fused losses (SoloSim, CLUB bound, club_learn) against float64 references, on CPU and CUDA."""
+"""CLUB (mmfast.ops.club_upper_bound, club_learn) against float64 references, on CPU and CUDA."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
-from torch.nn import functional as F
 
-from conftest import requires_cuda
+from conftest import randn, requires_cuda
 from mmfast import ops
 from mmfast.nn import ClubNet
-from mmfast.ops import club_learn, club_upper_bound, solosim_loss
+from mmfast.ops import club_learn, club_upper_bound
+from mmfast.ops.club import ClubQNet
 
 SIZES = [1, 2, 33, 1000]
 WIDTHS = [1, 32, 63]
-
-
-def randn(*shape, seed=0, dtype=torch.float64, device="cpu", scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
-
-
-def solosim_dense(a, b, tau, normalize=True, symmetric=False):
-    """Independent float64 formula: -log of the diagonal softmax entries, by logsumexp."""
-    if normalize:
-        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    s = a @ b.T / tau
-    loss = (torch.logsumexp(s, 1) - s.diagonal()).mean()
-    if symmetric:
-        loss = 0.5 * (loss + (torch.logsumexp(s, 0) - s.diagonal()).mean())
-    return loss
-
-
-# ------------------------------------------------------------------------ SoloSim
-@pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("d", WIDTHS)
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_solosim_matches_float64(n, d, normalize, symmetric):
-    a = randn(n, d, seed=n + d).requires_grad_()
-    b = randn(n, d, seed=n * 3 + d + 1).requires_grad_()
-    tau = 0.2 if normalize else 2.0
-    loss = solosim_loss(a, b, tau, normalize, symmetric)
-    ref = solosim_dense(a, b, tau, normalize, symmetric)
-    torch.testing.assert_close(loss, ref)
-    grads, ref_grads = torch.autograd.grad(loss, (a, b)), torch.autograd.grad(ref, (a, b))
-    for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want)
-    torch.testing.assert_close(solosim_loss(a, b, tau, normalize, symmetric, backend="torch"), ref)
-
-
-@pytest.mark.parametrize("backend", ["mmfast", "torch"])
-def test_solosim_float32_close_to_float64(backend):
-    a, b = randn(700, 32, seed=1), randn(700, 32, seed=2)
-    a32, b32 = a.float().requires_grad_(), b.float().requires_grad_()
-    loss = solosim_loss(a32, b32, 0.2, backend=backend)
-    ga, gb = torch.autograd.grad(loss, (a32, b32))
-    loss = loss.detach()
-    a64, b64 = a.clone().requires_grad_(), b.clone().requires_grad_()
-    ref = solosim_dense(a64, b64, 0.2)
-    ra, rb = torch.autograd.grad(ref, (a64, b64))
-    assert loss.dtype == torch.float32
-    ref = ref.detach()
-    assert abs(float(loss) - float(ref)) < 1e-5 * abs(float(ref))
-    for got, want in ((ga, ra), (gb, rb)):
-        assert float((got.double() - want).norm() / want.norm()) < 1e-5
-
-
-def test_solosim_sees_positives():
-    """Aligned pairs give a small loss, shuffled pairs a loss near log n."""
-    a = randn(200, 16, seed=3)
-    aligned = float(solosim_loss(a, a + 0.01 * randn(200, 16, seed=4), 0.05))
-    shuffled = float(solosim_loss(a, randn(200, 16, seed=5), 0.05))
-    assert aligned < 0.01 and shuffled > 1.0
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("tau", [1e-3, 1e-5])
-def test_solosim_tiny_temperature_stays_finite(tau, dtype):
-    n = 300
-    a = randn(n, 8, seed=6, dtype=dtype).requires_grad_()
-    b = randn(n, 8, seed=7, dtype=dtype).requires_grad_()
-    loss = solosim_loss(a, b, tau)
-    ga, gb = torch.autograd.grad(loss, (a, b))
-    assert torch.isfinite(loss) and torch.isfinite(ga).all() and torch.isfinite(gb).all()
-    # The logits reach 1/tau = 1e5; loss is the mean gap to each row's largest logit (float64).
-    ref = solosim_dense(a.detach().double(), b.detach().double(), tau)
-    got = float(loss.detach())
-    assert abs(got - float(ref)) <= 1e-6 * float(ref) + (1e-1 if dtype == torch.float32 else 1e-6)
-
-
-def test_solosim_gradcheck():
-    a = randn(9, 5, seed=8).requires_grad_()
-    b = randn(9, 5, seed=9).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, y: solosim_loss(x, y, 0.3), (a, b))
-    assert torch.autograd.gradcheck(lambda x, y: solosim_loss(x, y, 0.7, False, True), (a, b))
-
-
-def test_solosim_deterministic():
-    a, b = randn(3000, 32, seed=10, dtype=torch.float32), randn(3000, 32, seed=11, dtype=torch.float32)
-    a.requires_grad_()
-    first = solosim_loss(a, b, 0.2)
-    (g_first,) = torch.autograd.grad(first, a)
-    for _ in range(2):
-        loss = solosim_loss(a, b, 0.2)
-        (g,) = torch.autograd.grad(loss, a)
-        assert torch.equal(loss, first) and torch.equal(g, g_first)
-
-
-@pytest.mark.parametrize("d", [1, 32])
-def test_solosim_opcheck(d):
-    a = randn(40, d, seed=d).requires_grad_()
-    b = randn(40, d, seed=d + 1).requires_grad_()
-    torch.library.opcheck(torch.ops.mmfast.solosim.default, (a, b, 5.0))
-    lse = torch.ops.mmfast.solosim(a, b, 5.0)[1].detach()
-    torch.library.opcheck(torch.ops.mmfast.solosim_backward.default,
-                          (torch.tensor(1.0, dtype=torch.float64), a.detach(), b.detach(), lse, 5.0))
-
-
-def test_solosim_torch_compile_fullgraph():
-    w = torch.randn(16, 16, requires_grad=True)
-
-    def fn(x, y):
-        return solosim_loss(x @ w, y, 0.2)
-
-    x, y = torch.randn(50, 16), torch.randn(50, 16)
-    expected = fn(x, y)
-    (g_expected,) = torch.autograd.grad(expected, w)
-    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, y)
-    (g_got,) = torch.autograd.grad(got, w)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(g_got, g_expected)
-
-
-def test_solosim_errors():
-    a = randn(5, 4)
-    with pytest.raises(ValueError, match="a and b must have the same shape"):
-        solosim_loss(a, randn(6, 4), 0.2)
-    with pytest.raises(ValueError, match="a and b must have the same shape"):
-        solosim_loss(a, randn(5, 3), 0.2)
-    for tau in (0.0, -1.0, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="temperature must be positive and finite"):
-            solosim_loss(a, a, tau)
-    with pytest.raises(ValueError, match="need at least one row, got n = 0"):
-        solosim_loss(randn(0, 4), randn(0, 4), 0.2)
-    with pytest.raises(ValueError, match="b must be a 2-D tensor"):
-        solosim_loss(a, a[0], 0.2)
-    with pytest.raises(TypeError, match="a is torch.float64 but b is torch.float32"):
-        solosim_loss(a, a.float(), 0.2)
-    with pytest.raises(TypeError, match="must be float32 or float64"):
-        solosim_loss(a.long(), a.long(), 0.2)
-    # The raw op checks too (direct torch.ops callers).
-    with pytest.raises(RuntimeError, match="scale .* must be positive"):
-        torch.ops.mmfast.solosim(a, a, -1.0)
-    with pytest.raises(RuntimeError, match="n = 0"):
-        torch.ops.mmfast.solosim(randn(0, 4), randn(0, 4), 1.0)
-    with pytest.raises(RuntimeError, match="same shape"):
-        torch.ops.mmfast.solosim(a, randn(4, 4), 1.0)
 
 
 # ------------------------------------------------------------------------ CLUB bound
@@ -380,35 +238,51 @@ def test_club_net_module():
         ClubNet(32, 32, 0)
 
 
+
+# ------------------------------------------------------------------------ the q-net protocol
+class DelegatingQ:
+    """A q-net that is neither a ClubNet nor an nn.Module: only the ClubQNet protocol."""
+
+    def __init__(self, net):
+        self.net, self.x_dim, self.y_dim = net, net.x_dim, net.y_dim
+
+    def flat_parameters(self):
+        return self.net.flat_parameters()
+
+    def heads(self, x, detach_params=False):
+        return self.net.heads(x, detach_params)
+
+    def log_likelihood(self, x, y):
+        return self.net.log_likelihood(x, y)
+
+    def parameters(self, recurse=True):
+        return self.net.parameters(recurse)
+
+
+def test_ops_take_any_q_net_of_the_protocol():
+    q = make_q(4, 6, seed=2)
+    assert isinstance(q, ClubQNet)
+    x, y = randn(40, 4, seed=1), randn(40, 6, seed=2)
+    perm = torch.randperm(40)
+    torch.testing.assert_close(club_upper_bound(x, y, DelegatingQ(q), perm, clamp=False),
+                               club_upper_bound(x, y, q, perm, clamp=False))
+    (q1, o1), (q2, o2) = twin(q)
+    torch.testing.assert_close(club_learn(x, y, DelegatingQ(q1), o1, steps=5),
+                               club_learn(x, y, q2, o2, steps=5))
+    assert_same_net(q1, q2)
+    with pytest.raises(TypeError, match="got object \\(missing x_dim, y_dim, flat_parameters, heads, "
+                                        "log_likelihood, parameters\\)"):
+        club_learn(x, y, object(), o1)
+
+
+def test_ops_import_nothing_from_nn():
+    code = ("import sys, mmfast.ops; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('mmfast.nn', 'mmfast.models'))); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ------------------------------------------------------------------------ CUDA vs CPU
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("n", [1, 2, 33, 1000, 5000])
-@pytest.mark.parametrize("d", [1, 32, 63, 130])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_solosim_matches_cpu(n, d, dtype):
-    a, b = randn(n, d, seed=n + d, dtype=dtype), randn(n, d, seed=n + d + 1, dtype=dtype)
-    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
-    results = []
-    for device in ("cpu", "cuda"):
-        ad, bd = a.to(device).requires_grad_(), b.to(device).requires_grad_()
-        loss = solosim_loss(ad, bd, 0.2, symmetric=True)
-        results.append((loss, *torch.autograd.grad(loss, (ad, bd))))
-    for cpu, gpu in zip(*results):
-        torch.testing.assert_close(gpu.cpu(), cpu, **tol)
-
-
-@requires_cuda
-@pytest.mark.cuda
-def test_cuda_solosim_tiny_temperature_and_opcheck():
-    a = randn(500, 32, seed=1, dtype=torch.float32, device="cuda").requires_grad_()
-    b = randn(500, 32, seed=2, dtype=torch.float32, device="cuda").requires_grad_()
-    loss = solosim_loss(a, b, 1e-5)
-    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, (a, b)))
-    torch.library.opcheck(torch.ops.mmfast.solosim.default,
-                          (randn(40, 7, device="cuda").requires_grad_(), randn(40, 7, device="cuda"), 3.0))
-
-
 @requires_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", [1, 33, 1000, 20000])

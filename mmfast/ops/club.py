@@ -1,101 +1,74 @@
-"""Fused losses of SEA (MODELS.md §2.4) and AlignRec's in-batch NCE (§3.4).
+"""CLUB: SEA's mutual-information upper bound and the learning loop of its q-net (MODELS.md §2.4).
 
-* :func:`solosim_loss` -- InfoNCE over all N rows, ``mean_i -log softmax_j(<a_i, b_j>/tau)[i]``,
-  computed by a streaming log-sum-exp over tiles of b: memory O(N d) in forward and backward
-  (the backward recomputes the logit tiles from the saved per-row log-sum-exp).
 * :func:`club_upper_bound` -- SEA's CLUB mutual-information upper bound between x and y under
-  the variational net q (:class:`mmfast.nn.ClubNet`); gradients reach x and y, never q.
+  the variational net q (any :class:`ClubQNet`, e.g. :class:`mmfast.nn.ClubNet`); gradients
+  reach x and y, never q.
 * :func:`club_learn` -- SEA's inner loop: ``steps`` Adam steps of q on the Gaussian negative
-  log-likelihood of detached (x, y) pairs, as one call of one compiled kernel.
+  log-likelihood of detached (x, y) pairs, as one call of one compiled kernel
+  (``csrc/club.cpp`` driver, ``csrc/cpu/club.cpp``, ``csrc/cuda/club.cu``).
 
 Each has its pure-PyTorch reference here (``backend="torch"``), written the way MMRec-style
-code writes it: full N x N logits, the N x N x d pairwise CLUB, the Python loop of
-``torch.optim.Adam`` steps.
+code writes it: the N x N x d pairwise CLUB, the Python loop of ``torch.optim.Adam`` steps.
+
+The ops take q through the :class:`ClubQNet` protocol rather than the ``mmfast.nn`` class, so
+that ``mmfast.ops`` imports nothing from the layers above it.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
 import torch
-from torch.nn import functional as F
 
 from mmfast import _ext
-from mmfast.nn.club import ClubNet
 from mmfast.ops._backend import resolve
 
 Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
 ESTIMATORS = ("sampled", "full")
 
 
-# ---------------------------------------------------------------------- SoloSim
-def solosim_loss(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    temperature: float,
-    normalize: bool = True,
-    symmetric: bool = False,
-    backend: str | None = None,
-) -> torch.Tensor:
-    """InfoNCE with row i of ``b`` as row i of ``a``'s positive and every other row as negative:
-    ``mean_i -log softmax_j(<â_i, b̂_j> / temperature)[i]``, â = a / ||a|| when ``normalize``
-    (gradients through the normalization are exact). ``symmetric`` averages the a->b and
-    b->a directions. a and b: [n, d], float32 or float64, n >= 1. Returns a scalar.
-    """
-    _check_solosim(a, b, temperature)
-    if resolve(backend) == "torch":
-        return solosim_reference(a, b, temperature, normalize, symmetric)
-    if normalize:
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    scale = 1.0 / float(temperature)
-    loss = torch.ops.mmfast.solosim(a, b, scale)[0]
-    if symmetric:
-        loss = 0.5 * (loss + torch.ops.mmfast.solosim(b, a, scale)[0])
-    return loss
+@runtime_checkable
+class ClubQNet(Protocol):
+    """What the CLUB ops need of the Gaussian variational net q(y | x) (``mmfast.nn.ClubNet``
+    is the implementation): mean and log-variance heads, each
+    ``Linear(x_dim, hidden) -> ReLU -> Linear(hidden, y_dim)``, the log-variance one followed
+    by tanh. The fused ``club_learn`` kernel computes exactly this network from
+    :meth:`flat_parameters`."""
+
+    x_dim: int
+    y_dim: int
+
+    def flat_parameters(self) -> list[torch.Tensor]:
+        """The 8 parameters, in the order the kernels take them: mu W1 [hidden, x_dim], b1,
+        W2 [y_dim, hidden], b2, then logvar W1, b1, W2, b2."""
+        ...
+
+    def heads(
+        self, x: torch.Tensor, detach_params: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of x, each [n, y_dim]; ``detach_params`` keeps gradients away from
+        the parameters (they still reach x)."""
+        ...
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per row, log q(y | x) up to a constant, [n], differentiable in the parameters."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """The parameters the Adam optimizer of :func:`club_learn` holds (as nn.Module's)."""
+        ...
 
 
-def solosim_reference(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    temperature: float,
-    normalize: bool = True,
-    symmetric: bool = False,
-) -> torch.Tensor:
-    """Pure PyTorch: the full N x N logit matrix and cross-entropy against the diagonal."""
-    if normalize:
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    logits = a @ b.T / temperature
-    labels = torch.arange(a.shape[0], device=a.device)
-    loss = F.cross_entropy(logits, labels)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, labels))
-    return loss
+# The protocol's members, to name the missing ones in errors.
+_Q_MEMBERS = ("x_dim", "y_dim", "flat_parameters", "heads", "log_likelihood", "parameters")
 
 
-def _check_solosim(a: torch.Tensor, b: torch.Tensor, temperature: float) -> None:
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"solosim_loss: {name} must be a 2-D tensor [n, d], got {shape}")
-        if t.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"solosim_loss: {name} must be float32 or float64, got {t.dtype}")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"solosim_loss: a and b must have the same shape [n, d], got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-    if a.shape[0] == 0:
-        raise ValueError("solosim_loss: a and b need at least one row, got n = 0")
-    if a.dtype != b.dtype:
-        raise TypeError(f"solosim_loss: a is {a.dtype} but b is {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"solosim_loss: a is on {a.device} but b is on {b.device}")
-    if isinstance(temperature, torch.Tensor):
-        raise TypeError("solosim_loss: temperature must be a Python float, not a tensor")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-            and temperature > 0):
-        raise ValueError(
-            f"solosim_loss: temperature must be positive and finite, got {temperature!r}"
+def _check_q(op: str, q: object) -> None:
+    if not isinstance(q, ClubQNet):
+        missing = ", ".join(m for m in _Q_MEMBERS if not hasattr(q, m))
+        raise TypeError(
+            f"{op}: q must be a mmfast.nn.ClubNet (or another ClubQNet), got "
+            f"{type(q).__name__} (missing {missing})"
         )
 
 
@@ -103,7 +76,7 @@ def _check_solosim(a: torch.Tensor, b: torch.Tensor, temperature: float) -> None
 def club_upper_bound(
     x: torch.Tensor,
     y: torch.Tensor,
-    q: ClubNet,
+    q: ClubQNet,
     perm: torch.Tensor | None = None,
     estimator: str = "sampled",
     halve: bool = True,
@@ -141,7 +114,7 @@ def club_upper_bound(
 def club_upper_bound_reference(
     x: torch.Tensor,
     y: torch.Tensor,
-    q: ClubNet,
+    q: ClubQNet,
     perm: torch.Tensor | None,
     estimator: str = "sampled",
     halve: bool = True,
@@ -167,8 +140,7 @@ def _finish(bound: torch.Tensor, halve: bool, clamp: bool) -> torch.Tensor:
 
 
 def _check_bound(x, y, q, perm, estimator) -> None:
-    if not isinstance(q, ClubNet):
-        raise TypeError(f"club_upper_bound: q must be a mmfast.nn.ClubNet, got {type(q).__name__}")
+    _check_q("club_upper_bound", q)
     if estimator not in ESTIMATORS:
         raise ValueError(
             f"club_upper_bound: estimator must be one of {ESTIMATORS}, got {estimator!r}"
@@ -187,7 +159,7 @@ def _check_bound(x, y, q, perm, estimator) -> None:
             raise ValueError(f"club_upper_bound: perm holds indices outside [0, {x.shape[0]})")
 
 
-def _check_pair(op: str, x, y, q: ClubNet, suffix: str = "") -> None:
+def _check_pair(op: str, x, y, q: ClubQNet, suffix: str = "") -> None:
     for name, t, dim in (("x", x, q.x_dim), ("y", y, q.y_dim)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -206,7 +178,7 @@ def _check_pair(op: str, x, y, q: ClubNet, suffix: str = "") -> None:
         )
     if x.shape[0] == 0:
         raise ValueError(f"{op}: x{suffix} and y{suffix} need at least one row, got n = 0")
-    weight = q.mu[0].weight
+    weight = q.flat_parameters()[0]
     for name, t in (("x", x), ("y", y)):
         if t.dtype != weight.dtype or t.device != weight.device:
             raise TypeError(
@@ -219,7 +191,7 @@ def _check_pair(op: str, x, y, q: ClubNet, suffix: str = "") -> None:
 def club_learn(
     x: Tensors,
     y: Tensors,
-    q: ClubNet,
+    q: ClubQNet,
     optimizer: torch.optim.Adam,
     steps: int = 50,
     lr: float | None = None,
@@ -237,8 +209,7 @@ def club_learn(
     xs, ys = _as_list(x, "x"), _as_list(y, "y")
     if len(xs) != len(ys):
         raise ValueError(f"club_learn: got {len(xs)} x tensors but {len(ys)} y tensors")
-    if not isinstance(q, ClubNet):
-        raise TypeError(f"club_learn: q must be a mmfast.nn.ClubNet, got {type(q).__name__}")
+    _check_q("club_learn", q)
     for m, (xm, ym) in enumerate(zip(xs, ys)):
         _check_pair("club_learn", xm, ym, q, f"[{m}]" if len(xs) > 1 else "")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -277,7 +248,7 @@ def club_learn(
     return losses
 
 
-def club_nll(q: ClubNet, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
+def club_nll(q: ClubQNet, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
     """The q-net's learning loss: -sum_m mean_i log q(y_m,i | x_m,i) (up to a constant)."""
     return sum(-q.log_likelihood(xm, ym).mean() for xm, ym in zip(xs, ys))
 
@@ -285,7 +256,7 @@ def club_nll(q: ClubNet, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor])
 def club_learn_reference(
     xs: Sequence[torch.Tensor],
     ys: Sequence[torch.Tensor],
-    q: ClubNet,
+    q: ClubQNet,
     optimizer: torch.optim.Adam,
     steps: int,
     lr: float | None = None,
@@ -321,7 +292,7 @@ def _as_list(t: Tensors, name: str) -> list[torch.Tensor]:
     return items
 
 
-def _adam_group(optimizer, q: ClubNet) -> dict:
+def _adam_group(optimizer, q: ClubQNet) -> dict:
     if not isinstance(optimizer, torch.optim.Adam):
         raise TypeError(
             f"club_learn: optimizer must be the torch.optim.Adam over q.parameters(), got "
@@ -353,33 +324,11 @@ def _adam_state(optimizer: torch.optim.Adam, p: torch.nn.Parameter) -> dict:
 
 
 # ---------------------------------------------------------------------- registration
-# Schemas and CPU/CUDA kernels come from csrc/; autograd and shape inference live here.
+# Schemas and CPU/CUDA kernels come from csrc/; shape inference lives here. club_learn has no
+# autograd formula: it updates q in place under no_grad.
 if _ext.available():
-
-    @torch.library.register_fake("mmfast::solosim")
-    def _solosim_fake(a, b, scale):
-        return a.new_empty(()), a.new_empty((a.shape[0],))
-
-    @torch.library.register_fake("mmfast::solosim_backward")
-    def _solosim_backward_fake(grad, a, b, lse, scale):
-        return torch.empty_like(a), torch.empty_like(b)
 
     @torch.library.register_fake("mmfast::club_learn")
     def _club_learn_fake(x, y, row_weight, params, exp_avg, exp_avg_sq, step, steps, lr, beta1,
                          beta2, eps):
         return x.new_empty((steps,))
-
-    def _solosim_setup(ctx, inputs, output):
-        a, b, scale = inputs
-        ctx.save_for_backward(a, b, output[1])
-        ctx.scale = scale
-        ctx.mark_non_differentiable(output[1])
-
-    def _solosim_backward(ctx, grad_loss, grad_lse):
-        a, b, lse = ctx.saved_tensors
-        grad_a, grad_b = torch.ops.mmfast.solosim_backward(grad_loss, a, b, lse, ctx.scale)
-        return grad_a, grad_b, None
-
-    torch.library.register_autograd(
-        "mmfast::solosim", _solosim_backward, setup_context=_solosim_setup
-    )
