@@ -30,7 +30,7 @@ from bench_graph import SHARED_DATA, synthetic_train
 from conftest import DEVICE
 from mmfast.data import Interactions, load
 from mmfast.eval import Evaluator
-from mmfast.eval.csr import gather_rows
+from mmfast.ops.csr import gather_rows
 from mmfast.ops import topk_scores
 
 D, K, BATCH = 64, 50, 4096

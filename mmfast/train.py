@@ -2,7 +2,8 @@
 
 Examples::
 
-    python -m mmfast.train --model LightGCN                    # embedded synthetic data
+    python -m mmfast.train --model LightGCN --no-grid          # embedded synthetic data
+    python -m mmfast.train --model LightGCN                    # the whole grid
     python -m mmfast.train -m FREEDOM -d baby --data-root ../data --set dropout=0.8
     python -m mmfast.train --resume runs/FREEDOM-baby-Jun-01-2026-10-00-00
 """
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default=None, choices=["valid", "mmrec"],
                    help="grid selection: best valid, or MMRec's best test-at-best-valid "
                    "(default: config selection = valid)")
+    p.add_argument("--no-grid", action="store_true", default=None,
+                   help="train one point of the grid: each axis at the model YAML's "
+                   "default_point (the paper's setting), else its first value")
     p.add_argument("--out", default=None,
                    help="folder for run folders (default: config checkpoint_dir = runs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -101,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.resume:
             explicit = [o for o in ("config", "seed", "epochs", "selection", "data_root",
-                                    "device", "backend") if getattr(args, o) is not None]
+                                    "device", "backend", "no_grid") if getattr(args, o) is not None]
             argv_list = list(sys.argv[1:] if argv is None else argv)
             if explicit or args.overrides or any(
                 a.split("=")[0] in ("-m", "--model", "-d", "--dataset") for a in argv_list
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_file=args.config, overrides=args.overrides,
             cli={"data_path": args.data_root, "device": args.device, "backend": args.backend,
                  "seed": args.seed, "epochs": args.epochs, "selection": args.selection,
+                 "no_grid": args.no_grid,
                  "checkpoint_dir": args.out},
         )
         if args.show_config:

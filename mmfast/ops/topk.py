@@ -27,7 +27,8 @@ import torch
 
 from mmfast import _ext
 from mmfast.ops._backend import resolve
-from mmfast.ops.sparse_graph import SparseGraph, check_csr_indices
+from mmfast.ops.csr import check_csr_indices, expand_rows
+from mmfast.ops.sparse_graph import SparseGraph
 
 CUDA_MAX_K = 1024
 
@@ -101,10 +102,7 @@ def _topk_of_scores_(
     blocked = torch.isnan(s)
     if exclude is not None:
         rowptr, col = exclude
-        rows = torch.repeat_interleave(
-            torch.arange(n, device=s.device), rowptr[1:] - rowptr[:-1], output_size=col.numel()
-        )
-        blocked[rows, col.long()] = True
+        blocked[expand_rows(rowptr, col.numel()), col.long()] = True
     s.masked_fill_(blocked, float("-inf"))
     kk = min(k, n_keys)
     values = s.new_full((n, k), float("-inf"))

@@ -169,6 +169,13 @@ def validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"hyper_parameters names {key!r}, which is not a config key")
         if isinstance(config[key], list) and not config[key]:
             raise ConfigError(f"grid axis {key!r} is an empty list")
+    named = config.get("default_point") or {}
+    if not isinstance(named, Mapping):
+        raise ConfigError(f"default_point must be a mapping of grid axis: value, got {named!r}")
+    for key in named:
+        if key not in grid_keys(config):
+            raise ConfigError(f"default_point names {key!r}, which is not a grid axis "
+                              f"(seed or hyper_parameters: {grid_keys(config)})")
     if config.get("selection") not in ("valid", "mmrec"):
         raise ConfigError(f"selection must be 'valid' or 'mmrec', got {config.get('selection')!r}")
     if config.get("backend") not in ("mmfast", "torch"):
@@ -198,10 +205,26 @@ def grid_keys(config: Mapping[str, Any]) -> list[str]:
     return ["seed"] + [k for k in (config.get("hyper_parameters") or []) if k != "seed"]
 
 
+def default_point(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The one point ``no_grid`` trains: each grid axis at the value ``default_point`` names
+    (the paper's reported setting, where the model's YAML knows one), else its first value."""
+    named = config.get("default_point") or {}
+    point = {}
+    for key in grid_keys(config):
+        axis = config[key] if isinstance(config[key], list) else [config[key]]
+        point[key] = named.get(key, axis[0])
+    return point
+
+
 def grid_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One resolved config per grid point (cartesian product, first key slowest)."""
+    """One resolved config per grid point (cartesian product, first key slowest); with
+    ``no_grid`` only :func:`default_point`."""
     keys = grid_keys(config)
-    axes = [config[k] if isinstance(config[k], list) else [config[k]] for k in keys]
+    if config.get("no_grid"):
+        fixed = default_point(config)
+        axes = [[fixed[k]] for k in keys]
+    else:
+        axes = [config[k] if isinstance(config[k], list) else [config[k]] for k in keys]
     points = []
     for values in itertools.product(*axes):
         point = dict(config)

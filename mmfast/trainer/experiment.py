@@ -28,7 +28,7 @@ from mmfast.trainer.evaluation import build_evaluator, valid_metric
 from mmfast.trainer.fit import BEST, CURVES, LAST, METRICS, Trainer, TrainingInterrupted
 from mmfast.trainer.progress import use_bar
 from mmfast.trainer.runlog import (
-    close_logger, config_block, dict2str, setup_logger, write_metrics,
+    close_logger, config_block, dict2str, metrics_table, setup_logger, write_metrics,
 )
 
 DONE = ("finished", "early_stopped", "nan")
@@ -131,6 +131,9 @@ def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming
     evaluate = build_evaluator(dataset, config, device)
     metric = valid_metric(config)
     grid = cfg.grid_points(config)
+    if config.get("no_grid"):
+        log(f"one grid point (no_grid): {_params_str(cfg.point_params(config, grid[0]))}; "
+            f"the full grid has {len(cfg.grid_points({**config, 'no_grid': False}))} points")
     points: list[dict[str, Any]] = []
     current = -1
     for idx, point in enumerate(grid):
@@ -189,6 +192,8 @@ def _finish(config, run_dir: Path, logger, points, selected: int, n: int) -> Run
         log(f"\n\n█████████████ BEST ({config['selection']} selection) ████████████████")
         log(f"\tParameters: {_params_str(chosen['params'])},\nValid: "
             f"{dict2str(chosen['best']['valid'])},\nTest: {dict2str(chosen['best']['test'])}\n\n")
+        log(metrics_table(chosen["best"]["valid"], chosen["best"]["test"],
+                          chosen["best"]["epoch"]))
     summary = dict(chosen)
     summary["selection"] = config["selection"]
     if n > 1:

@@ -54,6 +54,18 @@ def dict2str(metrics: Mapping[str, float]) -> str:
     return "    ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
 
 
+def metrics_table(valid: Mapping[str, float], test: Mapping[str, float], epoch: Any) -> str:
+    """The selected result as a small table: one metric a row, valid and test columns."""
+    names = list(dict.fromkeys([*valid, *test]))
+    width = max([len(n) for n in names] + [6])
+    lines = [f"{'metric':<{width}}  {'valid':>7}  {'test':>7}   (best valid epoch {epoch})"]
+    for n in names:
+        v, t = valid.get(n), test.get(n)
+        lines.append(f"{n:<{width}}  {'' if v is None else f'{v:.4f}':>7}  "
+                     f"{'' if t is None else f'{t:.4f}':>7}")
+    return "\n".join(lines)
+
+
 def config_block(config: Mapping[str, Any]) -> str:
     lines = ["", "Configuration (merged: overall < dataset < model < --config < command line):"]
     lines += [f"{k}={v}" for k, v in config.items()]

@@ -1,0 +1,127 @@
+"""The model contract: auxiliary optimizers, the after_backward hook, model random streams,
+bit-identical resume of a model registered from outside the package, --no-grid, and pinned
+LightGCN / FREEDOM results (the nn rewrite must not change them)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import toy_aux_model  # noqa: F401  (registers ToyAux)
+from mmfast import models
+from mmfast.data import load_dataset
+from mmfast.trainer import Trainer, TrainingInterrupted, run
+from mmfast.trainer import config as cfg
+from trainer_helpers import one_thread, tiny_config  # noqa: F401 (fixture)
+
+
+@pytest.fixture(autouse=True)
+def _graph_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
+
+
+def test_auxiliary_parameters_stay_out_of_the_model_optimizer(tmp_path):
+    config = tiny_config("ToyAux", "no_grid=true", epochs=1)
+    model = models.get("ToyAux")(cfg.grid_points(config)[0], load_dataset(config), "cpu")
+    critic = {id(p) for p in model.critic.parameters()}
+    assert model.auxiliary_parameters() == critic
+    assert critic.isdisjoint(id(p) for p in model.model_parameters())
+    assert len(model.model_parameters()) == 2  # the two ID tables
+    with pytest.raises(ValueError, match="not the model's"):
+        model.add_auxiliary_optimizer("x", torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]))
+
+
+def test_after_backward_runs_between_backward_and_step(tmp_path):
+    config = tiny_config("ToyAux", "no_grid=true", epochs=1)
+    point = cfg.grid_points(config)[0]
+    ds = load_dataset(config)
+    model = models.get("ToyAux")(point, ds, "cpu")
+    opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
+    seen = {}
+
+    def hook():
+        seen["grad"] = model.ids.user.weight.grad is not None
+        seen["before_step"] = model.ids.user.weight.detach().clone()
+        critic_before = model.critic.weight.detach().clone()
+        type(model).after_backward(model)
+        seen["critic_moved"] = not torch.equal(critic_before, model.critic.weight)
+
+    model.after_backward = hook
+    users, pos, neg = next(iter(ds.sampler(batch_size=64)))
+    model.train_step(users, pos, neg, opt)
+    assert seen["grad"] and seen["critic_moved"]
+    assert not torch.equal(seen["before_step"], model.ids.user.weight)  # the step came after
+
+
+def test_toy_model_resumes_bit_identically(tmp_path, monkeypatch):
+    config = tiny_config("ToyAux", "no_grid=true", epochs=4)
+    full = run(config, out=tmp_path / "a", console=False)
+    original, calls = Trainer.train_epoch, {"n": 0}
+
+    def interrupt_third_epoch(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_third_epoch)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(config, out=tmp_path / "b", console=False)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    saved = torch.load(info.value.folder / "last.pt", weights_only=False)
+    assert set(saved["auxiliary_optimizers"]) == {"critic"} and set(saved["model_rng"]) == {"rows"}
+    assert saved["auxiliary_optimizers"]["critic"]["state"]  # Adam moments were saved
+    resumed = run(resume=info.value.folder, console=False)
+    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
+    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
+    assert a["best"] == b["best"]
+    la = torch.load(full.run_dir / "last.pt", weights_only=False)
+    lb = torch.load(resumed.run_dir / "last.pt", weights_only=False)
+    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    assert torch.equal(la["model_rng"]["rows"], lb["model_rng"]["rows"])
+    ca, cb = (x["auxiliary_optimizers"]["critic"]["state"] for x in (la, lb))
+    assert all(torch.equal(ca[i][k], cb[i][k]) for i in ca for k in ca[i])
+
+
+def test_no_grid_trains_the_default_point(tmp_path):
+    config = tiny_config("ToyAux", epochs=1)
+    assert [p["critic_weight"] for p in cfg.grid_points(config)] == [0.1, 1.0]
+    one = cfg.resolve("ToyAux", "synthetic", model_defaults=models.get("ToyAux").default_config(),
+                      cli={"no_grid": True})
+    assert [p["critic_weight"] for p in cfg.grid_points(one)] == [1.0]
+    first = dict(one, default_point={})
+    assert [p["critic_weight"] for p in cfg.grid_points(first)] == [0.1]  # unnamed: first value
+    result = run(dict(config, no_grid=True), out=tmp_path, console=False)
+    assert result.params == {"seed": 999, "critic_weight": 1.0} and not (result.run_dir / "grid").exists()
+    log = next(result.run_dir.glob("*.log")).read_text()
+    assert "one grid point (no_grid): ['seed', 'critic_weight']=(999, 1.0); the full grid has 2" in log
+    with pytest.raises(cfg.ConfigError, match="unknown config key 'default_point.n_layers'"):
+        cfg.resolve("ToyAux", "synthetic", model_defaults=models.get("ToyAux").default_config(),
+                    overrides=["default_point={n_layers: 2}"])
+    with pytest.raises(cfg.ConfigError, match="default_point names 'n_layers', which is not a grid"):
+        cfg.validate(dict(one, default_point={"n_layers": 2}))
+
+
+# Recorded before LightGCN and FREEDOM moved onto mmfast.nn (same seed, same tiny set).
+PINNED = {
+    "LightGCN": {"losses": [6.9024658203125, 6.892420291900635, 6.883904933929443,
+                            6.873593330383301, 6.860769271850586, 6.846803188323975],
+                 "valid": {"recall@20": 0.2506, "ndcg@20": 0.0976},
+                 "test": {"recall@20": 0.2198, "ndcg@20": 0.0975}},
+    "FREEDOM": {"losses": [6.903186798095703, 6.890641689300537, 6.879683971405029,
+                           6.864847183227539, 6.848174571990967, 6.834299564361572],
+                "valid": {"recall@20": 0.2212, "ndcg@20": 0.0948},
+                "test": {"recall@20": 0.2079, "ndcg@20": 0.0873}},
+}
+
+
+@pytest.mark.parametrize("model", ["LightGCN", "FREEDOM"])
+def test_pinned_results(tmp_path, model):
+    result = run(tiny_config(model, epochs=6), out=tmp_path, console=False)
+    pinned = PINNED[model]
+    losses = [e["train_loss"] for e in result.points[0]["epochs"]]
+    assert losses == pytest.approx(pinned["losses"], rel=1e-6, abs=0)
+    for split in ("valid", "test"):
+        for key, value in pinned[split].items():
+            assert result.best[split][key] == value, (split, key)
