@@ -21,6 +21,7 @@ def config_dir(tmp_path, monkeypatch):
     (root / "model" / "Toy.yaml").write_text(yaml.safe_dump(
         {"learning_rate": 0.3, "tag": "model", "reg": [1, 2], "hyper_parameters": ["reg"]}))
     monkeypatch.setattr(cfg, "CONFIG_DIR", root)
+    monkeypatch.setattr("mmfast.configs.CONFIG_DIR", root)  # where the YAML paths are made
     return root
 
 
