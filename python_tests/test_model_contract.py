@@ -11,9 +11,9 @@ import torch
 import toy_aux_model  # noqa: F401  (registers ToyAux)
 from mmfast import models
 from mmfast.data import load_dataset
-from mmfast.trainer import Trainer, TrainingInterrupted, run
+from mmfast.trainer import TrainingInterrupted, run
 from mmfast.trainer import config as cfg
-from trainer_helpers import one_thread, tiny_config  # noqa: F401 (fixture)
+from trainer_helpers import ctrl_c_at_epoch_call, one_thread, tiny_config  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -54,21 +54,11 @@ def test_after_backward_runs_between_backward_and_step(tmp_path):
     assert not torch.equal(seen["before_step"], model.ids.user.weight)  # the step came after
 
 
-def test_toy_model_resumes_bit_identically(tmp_path, monkeypatch):
+def test_toy_model_resumes_bit_identically(tmp_path):
     config = tiny_config("ToyAux", "no_grid=true", epochs=4)
     full = run(config, out=tmp_path / "a", console=False)
-    original, calls = Trainer.train_epoch, {"n": 0}
-
-    def interrupt_third_epoch(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_third_epoch)
-    with pytest.raises(TrainingInterrupted) as info:
+    with ctrl_c_at_epoch_call(3), pytest.raises(TrainingInterrupted) as info:
         run(config, out=tmp_path / "b", console=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     saved = torch.load(info.value.folder / "last.pt", weights_only=False)
     assert set(saved["auxiliary_optimizers"]) == {"critic"} and set(saved["model_rng"]) == {"rows"}
     assert saved["auxiliary_optimizers"]["critic"]["state"]  # Adam moments were saved

@@ -11,7 +11,7 @@ from mmfast import models
 from mmfast.trainer import EarlyStopping, Trainer, TrainingInterrupted, run
 from mmfast.data import load_dataset
 from mmfast.trainer.experiment import select
-from trainer_helpers import one_thread, tiny_config  # noqa: F401 (fixture)
+from trainer_helpers import ctrl_c_at_epoch_call, one_thread, tiny_config  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -105,27 +105,16 @@ def _epochs(run_dir):
 
 
 @pytest.mark.parametrize("model", ["LightGCN", "FREEDOM"])
-def test_resume_gives_identical_results(tmp_path, monkeypatch, model):
+def test_resume_gives_identical_results(tmp_path, model):
     config = tiny_config(model, epochs=4)
     full = run(config, out=tmp_path / "a", console=False)
 
-    calls = {"n": 0}
-    original = Trainer.train_epoch
-
-    def interrupt_third_epoch(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # Ctrl-C in the middle of epoch 2
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_third_epoch)
-    with pytest.raises(TrainingInterrupted) as info:
+    with ctrl_c_at_epoch_call(3), pytest.raises(TrainingInterrupted) as info:  # in epoch 2
         run(config, out=tmp_path / "b", console=False)
     run_dir = info.value.folder
     assert info.value.epoch == 1
     partial, _ = _epochs(run_dir)
     assert partial["status"] == "interrupted" and len(partial["epochs"]) == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = run(resume=run_dir, console=False)
 
     a, ea = _epochs(full.run_dir)
@@ -174,23 +163,13 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert type(bar).__name__ != "list_iterator" and list(bar) == [1, 2]
 
 
-def test_resume_a_grid_skips_finished_points(tmp_path, monkeypatch):
+def test_resume_a_grid_skips_finished_points(tmp_path):
     config = tiny_config("LightGCN", "n_layers=[1, 2]", epochs=2)
     full = run(config, out=tmp_path / "a", console=False)
-    original, calls = Trainer.train_epoch, {"n": 0}
-
-    def interrupt_second_point(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # point 0 ran epochs 0-1; Ctrl-C in point 1's first epoch
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_second_point)
-    with pytest.raises(TrainingInterrupted) as info:
+    # Point 0 runs epochs 0-1; Ctrl-C in point 1's first epoch.
+    with ctrl_c_at_epoch_call(3), pytest.raises(TrainingInterrupted) as info:
         run(config, out=tmp_path / "b", console=False)
     assert info.value.folder.parent == tmp_path / "b"  # the run folder, not the point's
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    calls["n"] = 0
     resumed = run(resume=info.value.folder, console=False)
     a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
     assert a["grid"] == b["grid"] and a["selected"] == b["selected"] and a["best"] == b["best"]

@@ -1,12 +1,14 @@
 """Small synthetic runs for the trainer and CLI tests (seconds on CPU)."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import pytest
 import torch
 
 from mmfast import models
+from mmfast.trainer import Trainer
 from mmfast.trainer import config as cfg
 
 # About 400 users, 200 items, 6k interactions after 5-core: a few hundred ms per epoch.
@@ -36,3 +38,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def ctrl_c_at_epoch_call(n: int) -> Iterator[None]:
+    """Inside the block, the n-th call of ``Trainer.train_epoch`` raises KeyboardInterrupt
+    (Ctrl-C in the middle of that epoch)."""
+    original, calls = Trainer.train_epoch, {"n": 0}
+
+    def train_epoch(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    Trainer.train_epoch = train_epoch
+    try:
+        yield
+    finally:
+        Trainer.train_epoch = original
