@@ -163,6 +163,9 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
          "--out", str(out), "--progress", "lines", *_sets("n_layers=1", "reg_weight=0.0",
                                                           "stopping_step=500")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell running this suite in the background ignores SIGINT, and a child inherits
+        # that (Python then installs no KeyboardInterrupt handler): restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 90
     while time.time() < deadline and not list(out.glob("*/last.pt")):
