@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         model_cls = models.get(args.model)
         config = cfg.resolve(
-            args.model, args.dataset, model_defaults=model_cls.default_config(),
+            models.canonical(args.model), args.dataset, model_defaults=model_cls.default_config(args.dataset),
             config_file=args.config, overrides=args.overrides,
             cli={"data_path": args.data_root, "device": args.device, "backend": args.backend,
                  "seed": args.seed, "epochs": args.epochs, "selection": args.selection,

@@ -26,7 +26,7 @@ def tiny_config(model: str = "LightGCN", *extra: str, **cli: Any) -> dict[str, A
         "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"],
     }.get(model, [])
     return cfg.resolve(
-        model, "synthetic", model_defaults=models.get(model).default_config(),
+        model, "synthetic", model_defaults=models.get(model).default_config("synthetic"),
         overrides=[*TINY, *single, *extra], cli={"device": "cpu", **cli},
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -53,6 +53,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping of key: value, got {type(data).__name__}")
     return data
+
+
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """Later layer wins; nested mappings merge key by key, lists are replaced whole."""
+    out = dict(base)
+    for k, v in layer.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def model_config_path(model: str) -> Path:

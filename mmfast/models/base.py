@@ -9,8 +9,9 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from mmfast.configs import load_yaml, model_config_path
+from mmfast.configs import load_yaml, merge, model_config_path
 from mmfast.data.dataset import Dataset
+from mmfast.ops import SparseGraph
 
 
 class Recommender(nn.Module):
@@ -38,6 +39,7 @@ class Recommender(nn.Module):
 
     config_file: ClassVar[str | Path | None] = None
     defaults: ClassVar[Mapping[str, Any]] = {}
+    config_overrides: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__()
@@ -142,21 +144,40 @@ class Recommender(nn.Module):
             self._generators[name].set_state(s)
 
     # --------------------------------------------------------------- helpers
+    def _apply(self, fn, recurse=True):
+        """``.to(device)``, ``.double()`` and friends move the frozen graphs the model's modules
+        hold as plain attributes (Â, kNN graphs), as they move parameters and buffers."""
+        super()._apply(fn, recurse)
+        for module in self.modules():
+            for name, value in list(vars(module).items()):
+                if isinstance(value, SparseGraph):
+                    probe = fn(torch.empty(0, dtype=value.dtype, device=value.device))
+                    setattr(module, name, value.to(probe.device, probe.dtype))
+        return self
+
     @classmethod
-    def default_config(cls) -> dict[str, Any]:
+    def default_config(cls, dataset: str | None = None) -> dict[str, Any]:
         """The nearest class in the MRO with a ``config_file``, a package YAML of its name,
-        or ``defaults`` decides (so a subclass inherits its parent's defaults)."""
+        or ``defaults`` decides (so a subclass inherits its parent's defaults). A YAML
+        ``<Name>.yaml`` may have per-dataset layers beside it, ``<Name>/<dataset>.yaml``,
+        merged over it for that dataset. ``config_overrides`` (a subclass's few differences
+        from its parent's YAML, e.g. SAND's distancing) come last."""
+        config: dict[str, Any] = {}
         for klass in cls.__mro__:
             if not (isinstance(klass, type) and issubclass(klass, Recommender)):
                 break
-            if klass.__dict__.get("config_file") is not None:
-                return load_yaml(klass.__dict__["config_file"])
-            path = model_config_path(klass.__name__)
-            if path.is_file():
-                return load_yaml(path)
+            own = klass.__dict__.get("config_file")
+            path = Path(own) if own is not None else model_config_path(klass.__name__)
+            if own is not None or path.is_file():
+                config = load_yaml(path)
+                layer = path.parent / path.stem / f"{dataset}.yaml"
+                if dataset is not None and layer.is_file():
+                    config = merge(config, load_yaml(layer))
+                break
             if klass.__dict__.get("defaults"):
-                return dict(klass.__dict__["defaults"])
-        return {}
+                config = dict(klass.__dict__["defaults"])
+                break
+        return merge(config, dict(cls.config_overrides))
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

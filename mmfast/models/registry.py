@@ -45,5 +45,13 @@ def get(name: str) -> type[Recommender]:
     )
 
 
+def canonical(name: str) -> str:
+    """The name ``name`` is registered under (``sea`` -> ``SEA``)."""
+    cls = get(name)
+    if name in _MODELS:
+        return name
+    return next(k for k, v in _MODELS.items() if v is cls and k.lower() == name.lower())
+
+
 def available() -> list[str]:
     return sorted(_MODELS)

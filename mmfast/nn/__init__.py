@@ -1,14 +1,26 @@
 """Reusable modules and losses that models are composed from (plain PyTorch unless a kernel
-pays off): the LightGCN ID line, per-modality feature projections, the user lift R̂, SEA's
-CLUB q-net, FREEDOM's edge pruning, BPR."""
+pays off): the LightGCN ID line, per-modality feature projections and GNNs, the user lift R̂,
+modality fusion, SEA's separate learning and CLUB q-net, FREEDOM's edge pruning, BPR."""
 from mmfast.nn.bpr import bpr_loss, embedding_norm_loss
 from mmfast.nn.club import ClubNet
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
-from mmfast.nn.features import ModalityProjection
+from mmfast.nn.features import ModalityProjection, check_features
+from mmfast.nn.fusion import ItemGraphSmoothing, UserModalityWeights
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.lift import UserLift
+from mmfast.nn.modal_gnn import ModalityGNN
+from mmfast.nn.separation import (
+    DISTANCING,
+    ProjectionHead,
+    SeparateLearning,
+    log2_scale,
+    ordered_modalities,
+    split_halves,
+)
 
 __all__ = [
-    "ClubNet", "DegreeSensitivePruning", "LightGCNEmbeddings", "ModalityProjection", "UserLift",
-    "bpr_loss", "embedding_norm_loss",
+    "DISTANCING", "ClubNet", "DegreeSensitivePruning", "ItemGraphSmoothing", "LightGCNEmbeddings",
+    "ModalityGNN", "ModalityProjection", "ProjectionHead", "SeparateLearning", "UserLift",
+    "UserModalityWeights", "bpr_loss", "check_features", "embedding_norm_loss", "log2_scale", "ordered_modalities",
+    "split_halves",
 ]

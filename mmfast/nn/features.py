@@ -7,6 +7,13 @@ import torch
 from torch import nn
 
 
+def check_features(raw: Mapping[str, torch.Tensor], owner: str) -> None:
+    """Raise a clear error for a modality table holding NaN or infinite values."""
+    for m, x in raw.items():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{owner}: the {m} features hold NaN or infinite values")
+
+
 class ModalityProjection(nn.Module):
     """e_i^m = W_m x_i^m + b_m for each modality m (FREEDOM Eq. (5), MGCN/AlignRec's
     projection of raw features), with the raw tables x^m held as parameters that are
@@ -22,6 +29,7 @@ class ModalityProjection(nn.Module):
         super().__init__()
         if not raw:
             raise ValueError("ModalityProjection: no modality features given")
+        check_features(raw, "ModalityProjection")
         self.features = nn.ParameterDict(
             {m: nn.Parameter(t.detach().clone().float(), requires_grad=trainable)
              for m, t in raw.items()})

@@ -82,13 +82,15 @@ def club_upper_bound(
     halve: bool = True,
     clamp: bool = True,
     backend: str | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """SEA's CLUB upper bound on I(x; y) (MODELS.md §2.4), differentiable in x and y only.
 
     With l(x, y) = sum_d -(mu_d(x) - y_d)^2 / (2 exp(logvar_d(x))) - logvar_d(x) / 2:
 
     * ``"sampled"``: mean_i [l(x_i, y_i) - l(x_i, y_perm(i))], ``perm`` a fresh
-      ``torch.randperm`` when None (as SEA draws one per call);
+      ``torch.randperm`` when None (as SEA draws one per call), drawn from ``generator`` when
+      given (a model's own stream, on x's device: no host read);
     * ``"full"``: mean_i [l(x_i, y_i) - mean_j l(x_i, y_j)], computed in O(N d) from the mean
       and (population) variance of y: mean_j (mu - y_j)^2 = (mu - mean(y))^2 + var(y).
 
@@ -96,7 +98,7 @@ def club_upper_bound(
     """
     _check_bound(x, y, q, perm, estimator)
     if perm is None and estimator == "sampled":
-        perm = torch.randperm(x.shape[0], device=x.device)
+        perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
     if resolve(backend) == "torch":
         return club_upper_bound_reference(x, y, q, perm, estimator, halve, clamp)
     mu, logvar = q.heads(x, detach_params=True)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from mmfast.configs import (
-    CONFIG_DIR, ConfigError, dataset_config_path, load_yaml, model_config_path, parse_yaml,
+    CONFIG_DIR, ConfigError, dataset_config_path, load_yaml, merge, model_config_path, parse_yaml,
 )
 
 __all__ = [
@@ -45,17 +45,6 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
-    return out
-
-
-def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """Later layer wins; nested mappings merge key by key, lists are replaced whole."""
-    out = dict(base)
-    for k, v in layer.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
     return out
 
 
