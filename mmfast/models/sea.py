@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from mmfast.data.dataset import Dataset
 from mmfast.data.knn import item_knn_graph, modality_weights
@@ -105,20 +106,24 @@ class SEA(Recommender):
 
     def transformed(self) -> dict[str, torch.Tensor]:
         """z^m = W_m x^m + b_m over all items."""
-        return {m: self.transforms[m](getattr(self, f"raw_{m}")) for m in self.modalities}
+        with record_function("sea.transforms"):
+            return {m: self.transforms[m](getattr(self, f"raw_{m}")) for m in self.modalities}
 
     def represent(self, z: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        lines = [self.gnns[m](self.adj, z[m]) for m in self.modalities]
-        users = self.user_weights([u for u, _ in lines])
-        items = self.smoothing(torch.cat([i for _, i in lines], dim=1))
+        with record_function("sea.gnns"):
+            lines = [self.gnns[m](self.adj, z[m]) for m in self.modalities]
+        with record_function("sea.fusion"):
+            users = self.user_weights([u for u, _ in lines])
+            items = self.smoothing(torch.cat([i for _, i in lines], dim=1))
         return users, items
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         z = self.transformed()
         u, i = self.represent(z)
-        loss = bpr_loss(u[users], i[positives], i[negatives])
-        if self.bpr_log2:
-            loss = log2_scale(loss)
+        with record_function("sea.bpr"):
+            loss = bpr_loss(u[users], i[positives], i[negatives])
+            if self.bpr_log2:
+                loss = log2_scale(loss)
         rows = aux_rows(self.aux_rows, positives, negatives)
         if rows is not None:
             z = {m: t[rows] for m, t in z.items()}

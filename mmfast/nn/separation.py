@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from mmfast.nn.club import ClubNet
 from mmfast.ops import club_learn, club_upper_bound, solosim_loss
@@ -131,23 +132,25 @@ class SeparateLearning(nn.Module):
 
     def solo_sim(self, generic_other: torch.Tensor, generic_anchor: torch.Tensor) -> torch.Tensor:
         """InfoNCE of phi_other(g_other) against phi_anchor(g_anchor) over all given rows."""
-        a = self.heads[self.other](generic_other)
-        b = self.heads[self.anchor](generic_anchor)
-        return solosim_loss(a, b, self.temperature, normalize=False,
-                            symmetric=self.solosim_symmetric)
+        with record_function("sea.solosim"):
+            a = self.heads[self.other](generic_other)
+            b = self.heads[self.anchor](generic_anchor)
+            return solosim_loss(a, b, self.temperature, normalize=False,
+                                symmetric=self.solosim_symmetric)
 
     def distance(self, modality: str, generic: torch.Tensor, unique: torch.Tensor) -> torch.Tensor:
         """The distancing term of one modality (keeps the detached pair for the q steps)."""
         if self.distancing == "none":
             return generic.new_zeros(())
-        x = self.psi_generic[modality](generic)
-        y = self.psi_unique[modality](unique)
-        if self.distancing == "neg_l2":
-            return -(x - y).square().mean()
-        self._pairs[modality] = (x.detach(), y.detach())
-        return club_upper_bound(x, y, self._q(modality), estimator=self.club_estimator,
-                                halve=self.club_halve, clamp=self.club_clamp,
-                                generator=self._generator)
+        with record_function("sea.distancing"):
+            x = self.psi_generic[modality](generic)
+            y = self.psi_unique[modality](unique)
+            if self.distancing == "neg_l2":
+                return -(x - y).square().mean()
+            self._pairs[modality] = (x.detach(), y.detach())
+            return club_upper_bound(x, y, self._q(modality), estimator=self.club_estimator,
+                                    halve=self.club_halve, clamp=self.club_clamp,
+                                    generator=self._generator)
 
     # ------------------------------------------------------------ model-facing
     def forward(self, z: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -168,13 +171,17 @@ class SeparateLearning(nn.Module):
         if not self._optimizers:
             raise RuntimeError("SeparateLearning: call attach(model, lr) before training")
         order = [m for m in (self.other, self.anchor) if m in self._pairs]
+        with record_function("sea.club_learn"):
+            self._learn(order)
+        self._pairs.clear()
+
+    def _learn(self, order: list[str]) -> None:
         if "shared" in self.q:
             club_learn([self._pairs[m][0] for m in order], [self._pairs[m][1] for m in order],
                        self.q["shared"], self._optimizers["shared"], self.club_steps)
         else:
             for m in order:
                 club_learn(*self._pairs[m], self.q[m], self._optimizers[m], self.club_steps)
-        self._pairs.clear()
 
     def _q(self, modality: str) -> ClubNet:
         return self.q["shared"] if "shared" in self.q else self.q[modality]
