@@ -1,13 +1,18 @@
-"""One training epoch of LightGCN and FREEDOM at Amazon Baby scale, mmfast vs pure PyTorch.
+"""One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM and SEA at Amazon
+Baby scale, and SEA on the real TikTok set.
 
 The same model code on both backends (``mmfast.ops`` kernels vs their references), MMRec's
 batches (2048, fresh negatives) and Adam. Data: the real Baby training graph when
 ../shared/data/baby is present (with RANDOM features of the real widths, image 4096-d and
 text 384-d, since the Amazon feature files are not available: timings only, no accuracy),
-else a synthetic dataset of Baby's shape.
+else a synthetic dataset of Baby's shape. SEA transforms every item's features with a
+d x d matrix each batch (4096 x 4096 for Baby images, ~0.5 TFLOP a batch with its backward): on a
+CPU its Baby benchmark cuts the image features to ``SEA_CPU_IMAGE_DIM`` (named in the result);
+on a GPU it runs the full widths.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -28,8 +33,10 @@ from mmfast.trainer import config as cfg
 SHARED_DATA = Path(os.environ.get("MMFAST_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
-SINGLE = {"LightGCN": ["n_layers=2", "reg_weight=1e-4"], "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"]}
-ROUNDS = {"LightGCN": 3, "FREEDOM": 2}
+SINGLE = {"LightGCN": ["n_layers=2", "reg_weight=1e-4"], "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"],
+          "SEA": [], "SAND": [], "FREEDOM+SEA": []}
+ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1}
+SEA_CPU_IMAGE_DIM = 512
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,10 +50,26 @@ def baby():
     return load("synthetic", **BABY, image_dim=4096, text_dim=384)
 
 
-def make_trainer(model: str, backend: str, *extra: str) -> Trainer:
-    config = cfg.resolve(model, "baby", model_defaults=models.get(model).default_config(),
-                         overrides=[*SINGLE[model], *extra], cli={"device": str(DEVICE), "backend": backend})
+@functools.lru_cache(maxsize=None)
+def tiktok():
+    return load("tiktok", root=SHARED_DATA)
+
+
+def baby_for_sea():
+    """Baby with the image features cut to SEA_CPU_IMAGE_DIM on a CPU (full width on a GPU)."""
     ds = baby()
+    if DEVICE.type == "cuda":
+        return ds, "baby"
+    cut = dict(ds.features, image=np.ascontiguousarray(ds.features["image"][:, :SEA_CPU_IMAGE_DIM]))
+    return dataclasses.replace(ds, features=cut), f"baby, image cut to {SEA_CPU_IMAGE_DIM}-d"
+
+
+def make_trainer(model: str, backend: str, *extra: str, dataset: str = "baby", ds=None) -> Trainer:
+    config = cfg.resolve(model, dataset, model_defaults=models.get(model).default_config(dataset),
+                         overrides=[*SINGLE[model], *extra],
+                         cli={"device": str(DEVICE), "backend": backend, "no_grid": True})
+    config = cfg.grid_points(config)[0]
+    ds = baby() if ds is None else ds
     torch.manual_seed(999)
     with use_backend(backend):
         net = models.get(model)(config, ds, DEVICE).to(DEVICE)
@@ -65,3 +88,28 @@ def test_train_epoch(compare, model, backend):
             trainer.train_epoch(0)
 
     compare(f"train epoch {model} baby", backend, epoch, rounds=ROUNDS[model])
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+def test_train_epoch_sea_tiktok(compare, backend):
+    if not (SHARED_DATA / "tiktok").is_dir():
+        pytest.skip(f"{SHARED_DATA / 'tiktok'} absent")
+    trainer = make_trainer("SEA", backend, dataset="tiktok", ds=tiktok())
+
+    def epoch():
+        with use_backend(backend):
+            trainer.train_epoch(0)
+
+    compare("train epoch SEA tiktok", backend, epoch, rounds=1)
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+def test_train_epoch_sea_baby(compare, backend):
+    ds, label = baby_for_sea()
+    trainer = make_trainer("SEA", backend, ds=ds)
+
+    def epoch():
+        with use_backend(backend):
+            trainer.train_epoch(0)
+
+    compare(f"train epoch SEA {label}", backend, epoch, rounds=1)
