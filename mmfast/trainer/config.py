@@ -1,7 +1,8 @@
 """Configuration: YAML layers merged as MMRec does, checked keys, and the hyper-parameter grid.
 
 Layers, later wins: ``configs/overall.yaml`` < ``configs/dataset/<dataset>.yaml`` <
-the model's YAML (and its per-dataset layer) < ``--config FILE`` < command line (``--set key=value`` and explicit flags).
+the model's YAML < its per-dataset layer < ``--config FILE`` < command line (``--set key=value``
+and explicit flags).
 Only the package layers may introduce keys; a key in a user file or on the command line that
 no package layer defines is an error (a typo would otherwise be silently ignored).
 """
