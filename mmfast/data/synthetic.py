@@ -6,18 +6,19 @@ Generative story (all deterministic from ``seed``):
   modalities (generic), ``a`` is seen only by the image modality and ``b`` only by text.
   Every user has a preference vector ``p_u`` over the same space, with the same weight on
   every part, so each modality's unique factors carry preference signal the other lacks.
-* User ``u`` picks ``n_u`` distinct items (``n_u = 5 +`` an exponential tail, mean
+* User ``u`` picks ``n_u`` distinct items (``n_u = 5 +`` an exponential tail, mean about
   ``n_interactions / n_users``) with probability proportional to
   ``exp(beta * <p_u, z_i> / sqrt(k) + pop_i)`` (sampling without replacement by the Gumbel
   top-k trick); ``pop_i ~ N(0, popularity^2)`` is a log-normal popularity skew.
-* image features = ``[g, a] W_img + style_scale [c_img] N_img + noise`` and text features
-  = ``[g, b] W_txt + style_scale [c_txt] N_txt + noise``, where ``c`` are item "style"
-  factors that carry no preference signal. So each modality reveals part of ``z``; the two together
-  reveal all of it, which is what lets multimodal models beat ID-only ones on sparse items.
+* image features = ``[g, a] W_img + style_scale [c_img] N_img + noise * eps`` and text
+  features = ``[g, b] W_txt + style_scale [c_txt] N_txt + noise * eps``, where ``c`` are
+  item "style" factors that carry no preference signal and ``eps`` is standard normal. So
+  each modality reveals part of ``z``; the two together reveal all of it, which is what lets
+  multimodal models beat ID-only ones on sparse items.
 * 5-core filtering, contiguous ids, then MMRec's per-user random split.
 
 The defaults make features pay off: the interactions are sparse (about 1,950 users and
-1,050 items after 5-core, 7 interactions per user and a median of 7 training interactions
+1,060 items after 5-core, 7 interactions per user and a median of 7 training interactions
 per item), popularity is long-tailed (``popularity=1.0``), and the features show the
 preference factors almost noise-free (``noise=0.1``; two weak style factors,
 ``style_scale=0.3``), so a kNN graph of either modality links items that users treat
