@@ -16,7 +16,7 @@ from mmfast import models
 from mmfast.trainer import run
 from mmfast.trainer import config as cfg
 
-MULTIMODAL = ["FREEDOM"]
+MULTIMODAL = ["FREEDOM", "SEA", "SAND"]
 MARGIN = 1.05  # multimodal best valid Recall@20 >= MARGIN x LightGCN's
 
 # Patience 10 instead of overall.yaml's 20 keeps the file within CI time; the epoch cap is
@@ -30,7 +30,7 @@ def best_valid_recall(model_name: str, tmp_path, **overrides) -> float:
     keys (``stopping_step=5``) on top of ``FAST``."""
     settings = {**FAST, **overrides}
     config = cfg.resolve(
-        model_name, "synthetic", model_defaults=models.get(model_name).default_config(),
+        model_name, "synthetic", model_defaults=models.get(model_name).default_config("synthetic"),
         overrides=[f"{k}={v}" for k, v in settings.items()],
         cli={"device": "cpu", "no_grid": True},
     )
