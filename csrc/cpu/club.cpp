@@ -1,6 +1,8 @@
-// CPU kernel of club_learn: every step is one pass over the rows (forward, loss, backward of
-// the tiny MLP, all in registers/L1 per row) into per-chunk gradient sums, the chunks added
-// in a fixed order in double (reproducible whatever the thread count), then Adam exactly as
+// CPU kernel of club_learn. The rows are packed once into blocks of kRows, feature-major
+// (x^T per block, zero-padded), so that every step is a few small GEMMs per block with the rows
+// as the SIMD dimension: forward of both heads, loss, backward, all on activations that stay
+// in L2. Each block writes its gradient partial in double; the partials are added in block
+// order (reproducible whatever the thread count), then Adam runs exactly as
 // torch.optim.Adam's single-tensor path writes it.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -13,78 +15,132 @@
 
 #include "../bind.h"
 #include "../club.h"
+#include "simd.h"
 
 namespace mmfast {
 namespace {
 
-constexpr int64_t kChunk = 256;  // rows per gradient partial
+using simd::Vec;
+using simd::kLanes;
 
-// Adds one chunk of rows' gradient to g (layout of ClubShape) and returns its loss. Per-row
-// arithmetic is in scalar_t with SIMD reductions (fixed order: deterministic); the chunk
-// partials are added in acc_t by the caller.
-template <typename scalar_t>
-scalar_t club_rows(const ClubShape& s, const scalar_t* __restrict__ x,
-                   const scalar_t* __restrict__ y, const scalar_t* __restrict__ w,
-                   const scalar_t* __restrict__ p, int64_t r0, int64_t r1,
-                   scalar_t* __restrict__ g) {
-  const int64_t dx = s.dx, h = s.h, dy = s.dy;
-  // Parameter and gradient views: head 0 is mu, head 1 is logvar.
-  const scalar_t* W1[2] = {p, p + s.head()};
-  const scalar_t* b1[2] = {W1[0] + s.w1(), W1[1] + s.w1()};
-  const scalar_t* W2[2] = {b1[0] + h, b1[1] + h};
-  const scalar_t* b2[2] = {W2[0] + s.w2(), W2[1] + s.w2()};
-  scalar_t* gW1[2] = {g, g + s.head()};
-  scalar_t* gb1[2] = {gW1[0] + s.w1(), gW1[1] + s.w1()};
-  scalar_t* gW2[2] = {gb1[0] + h, gb1[1] + h};
-  scalar_t* gb2[2] = {gW2[0] + s.w2(), gW2[1] + s.w2()};
-  std::vector<scalar_t> hid(2 * h), dout(2 * dy);
-  scalar_t loss = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const scalar_t* __restrict__ xr = x + r * dx;
-    const scalar_t* __restrict__ yr = y + r * dy;
-    const scalar_t wr = w[r];
-    for (int hd = 0; hd < 2; ++hd) {
-      for (int64_t k = 0; k < h; ++k) {
-        scalar_t z = b1[hd][k];
-        const scalar_t* __restrict__ wk = W1[hd] + k * dx;
-#pragma omp simd reduction(+ : z)
-        for (int64_t f = 0; f < dx; ++f) z += wk[f] * xr[f];
-        hid[hd * h + k] = z > 0 ? z : scalar_t(0);
-      }
+constexpr int64_t kRows = 256;  // rows per block: its float activations (~160 KiB) fit in L2
+
+// Feature counts padded to the register tiles' height.
+int64_t padded(int64_t d) { return (d + simd::kTile - 1) / simd::kTile * simd::kTile; }
+
+// The q-net in padded, feature-major form. Parameters and gradients share this layout:
+//   W1 [2 hp, dxp] (the mu head's rows, then logvar's), b1 [2 hp], W2 [2][dyp, hp], b2 [2][dyp]
+// Padding rows/columns of the weights are zero, so padded features stay zero in the forward
+// and never feed a real one in the backward.
+struct Plan {
+  int64_t hp, dxp, dyp;
+  int64_t w1() const { return 0; }
+  int64_t b1() const { return 2 * hp * dxp; }
+  int64_t w2() const { return b1() + 2 * hp; }
+  int64_t b2() const { return w2() + 2 * dyp * hp; }
+  int64_t size() const { return b2() + 2 * dyp; }
+  explicit Plan(const ClubShape& s) : hp(padded(s.h)), dxp(padded(s.dx)), dyp(padded(s.dy)) {}
+};
+
+// Calls fn(flat index (ClubShape layout), padded index (Plan layout)) for every parameter: the
+// one map between the layouts, used to pack parameters and to unpack gradients.
+template <typename Fn>
+void for_each_param(const ClubShape& s, const Plan& pl, Fn fn) {
+  for (int64_t hd = 0; hd < 2; ++hd) {
+    const int64_t base = hd * s.head(), b1 = base + s.w1(), w2 = b1 + s.h, b2 = w2 + s.w2();
+    for (int64_t k = 0; k < s.h; ++k) {
+      for (int64_t f = 0; f < s.dx; ++f)
+        fn(base + k * s.dx + f, pl.w1() + (hd * pl.hp + k) * pl.dxp + f);
+      fn(b1 + k, pl.b1() + hd * pl.hp + k);
     }
-    for (int64_t o = 0; o < dy; ++o) {
-      scalar_t mu = b2[0][o], z = b2[1][o];
-      for (int64_t k = 0; k < h; ++k) {
-        mu += W2[0][o * h + k] * hid[k];
-        z += W2[1][o * h + k] * hid[h + k];
-      }
-      const scalar_t lv = std::tanh(z), inv_var = std::exp(-lv), diff = mu - yr[o];
-      const scalar_t q = diff * diff * inv_var;
-      loss += wr * scalar_t(0.5) * (q + lv);                            // -log q(y|x) + const
-      dout[o] = wr * diff * inv_var;                                      // d/d mu
-      dout[dy + o] = wr * scalar_t(0.5) * (1 - q) * (1 - lv * lv);        // d/d pre-tanh
-    }
-    for (int hd = 0; hd < 2; ++hd) {
-      const scalar_t* hh = hid.data() + hd * h;
-      const scalar_t* dd = dout.data() + hd * dy;
-      for (int64_t o = 0; o < dy; ++o) {
-        gb2[hd][o] += dd[o];
-        scalar_t* __restrict__ go = gW2[hd] + o * h;
-        for (int64_t k = 0; k < h; ++k) go[k] += dd[o] * hh[k];
-      }
-      for (int64_t k = 0; k < h; ++k) {
-        if (!(hh[k] > 0)) continue;  // ReLU passes gradient only where it was positive
-        scalar_t dh = 0;
-        const scalar_t* __restrict__ w2 = W2[hd];
-        for (int64_t o = 0; o < dy; ++o) dh += w2[o * h + k] * dd[o];
-        gb1[hd][k] += dh;
-        scalar_t* __restrict__ gk = gW1[hd] + k * dx;
-#pragma omp simd
-        for (int64_t f = 0; f < dx; ++f) gk[f] += dh * xr[f];
-      }
+    for (int64_t o = 0; o < s.dy; ++o) {
+      for (int64_t k = 0; k < s.h; ++k) fn(w2 + o * s.h + k, pl.w2() + (hd * pl.dyp + o) * pl.hp + k);
+      fn(b2 + o, pl.b2() + hd * pl.dyp + o);
     }
   }
-  return loss;
+}
+
+// g[j] += sum_r d[j, r]: a bias gradient.
+template <typename T, typename acc_t>
+MMFAST_INLINE void row_sums(int64_t n, const T* d, acc_t* g) {
+  for (int64_t j = 0; j < n; ++j) {
+    Vec<T> acc = {};
+    for (int64_t r = 0; r < kRows; r += kLanes<T>) acc += simd::load(d + j * kRows + r);
+    g[j] += simd::hsum<T>(acc);
+  }
+}
+
+// One block's loss and gradient, added to g (Plan layout, then the loss at g[pl.size()]).
+// xt [dxp, kRows], yt [dyp, kRows], w [kRows]: the block, zero (weight 0) past the last row.
+// p: the parameters (Plan layout). work: (4 hp + 2 dyp) x kRows.
+template <typename T, typename acc_t>
+MMFAST_SIMD_CLONES void club_block(const Plan& pl, const T* p, const T* xt, const T* yt,
+                                   const T* w, T* work, acc_t* g) {
+  constexpr int64_t L = kLanes<T>, R = kRows;
+  const int64_t hp = pl.hp, dyp = pl.dyp, dxp = pl.dxp;
+  T* hid = work;               // [2 hp]: ReLU outputs of both heads
+  T* mu = hid + 2 * hp * R;    // [dyp]: mu, then d loss / d mu
+  T* z = mu + dyp * R;         // [dyp]: logvar before tanh, then d loss / d z
+  T* dhid = z + dyp * R;       // [2 hp]
+  simd::fill_rows<T>(2 * hp, R, p + pl.b1(), hid);
+  simd::gemm_bcast<T>(2 * hp, dxp, R, p + pl.w1(), dxp, 1, xt, R, hid, R);
+  for (int64_t i = 0; i < 2 * hp * R; i += L) {
+    const Vec<T> v = simd::load(hid + i);
+    simd::store(hid + i, v > 0 ? v : Vec<T>{});
+  }
+  simd::fill_rows<T>(2 * dyp, R, p + pl.b2(), mu);  // mu and z are adjacent, as b2's halves
+  for (int64_t hd = 0; hd < 2; ++hd)
+    simd::gemm_bcast<T>(dyp, hp, R, p + pl.w2() + hd * dyp * hp, hp, 1, hid + hd * hp * R, R,
+                        mu + hd * dyp * R, R);
+  // Loss and its derivatives in mu and z: per element, with lv = tanh(z), iv = exp(-lv),
+  // w/2 ((mu - y)^2 iv + lv), i.e. -log q(y | x) + const weighted by the row's 1/n.
+  Vec<T> loss = {};
+  for (int64_t o = 0; o < dyp; ++o) {
+    for (int64_t r = 0; r < R; r += L) {
+      const int64_t i = o * R + r;
+      const Vec<T> zv = simd::load(z + i), wr = simd::load(w + r);
+      const Vec<T> t = simd::exp<T>(zv < 0 ? zv + zv : -(zv + zv));  // exp(-2|z|) <= 1
+      const Vec<T> th = (T(1) - t) / (T(1) + t);
+      const Vec<T> lv = zv < 0 ? -th : th;
+      const Vec<T> iv = simd::exp<T>(-lv);
+      const Vec<T> diff = simd::load(mu + i) - simd::load(yt + i);
+      const Vec<T> q = diff * diff * iv;
+      loss += wr * T(0.5) * (q + lv);
+      simd::store(mu + i, wr * diff * iv);
+      simd::store(z + i, wr * T(0.5) * (T(1) - q) * (T(1) - lv * lv));
+    }
+  }
+  simd::fill_rows<T>(2 * hp, R, nullptr, dhid);
+  for (int64_t hd = 0; hd < 2; ++hd) {
+    const T* dout = mu + hd * dyp * R;
+    const T* w2 = p + pl.w2() + hd * dyp * hp;
+    simd::gemm_dot<T, acc_t>(dyp, hp, R, dout, R, hid + hd * hp * R, R,
+                             g + pl.w2() + hd * dyp * hp, hp);
+    row_sums<T, acc_t>(dyp, dout, g + pl.b2() + hd * dyp);
+    simd::gemm_bcast<T>(hp, dyp, R, w2, 1, hp, dout, R, dhid + hd * hp * R, R);  // W2^T dout
+  }
+  for (int64_t i = 0; i < 2 * hp * R; i += L) {  // ReLU passes gradient where it was positive
+    const Vec<T> dv = simd::load(dhid + i);
+    simd::store(dhid + i, simd::load(hid + i) > 0 ? dv : Vec<T>{});
+  }
+  row_sums<T, acc_t>(2 * hp, dhid, g + pl.b1());
+  simd::gemm_dot<T, acc_t>(2 * hp, dxp, R, dhid, R, xt, R, g + pl.w1(), dxp);
+  g[pl.size()] += simd::hsum<T>(loss);
+}
+
+// Copies rows [b * kRows, ...) of src [n, d] into block b of dst [blocks][dp, kRows],
+// transposed; padding stays zero.
+template <typename T>
+void pack_rows(const T* src, int64_t n, int64_t d, int64_t dp, std::vector<T>& dst) {
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  dst.assign(blocks * dp * kRows, T(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* out = dst.data() + b * dp * kRows;
+      for (int64_t r = 0; r < std::min(kRows, n - b * kRows); ++r)
+        for (int64_t f = 0; f < d; ++f) out[f * kRows + r] = src[(b * kRows + r) * d + f];
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -92,32 +148,37 @@ void club_learn_typed(const ClubShape& s, const at::Tensor& x, const at::Tensor&
                       const at::Tensor& row_weight, at::Tensor& params, at::Tensor& exp_avg,
                       at::Tensor& exp_avg_sq, const AdamConfig& cfg, at::Tensor& losses) {
   using acc_t = at::acc_type<scalar_t, false>;
-  const int64_t n = x.size(0), np = s.size(), chunks = (n + kChunk - 1) / kChunk;
-  std::vector<scalar_t> partial(chunks * np), chunk_loss(chunks);
-  std::vector<acc_t> grad(np);
+  const Plan pl(s);
+  const int64_t n = x.size(0), np = s.size(), blocks = (n + kRows - 1) / kRows;
+  const int64_t stride = pl.size() + 1;  // a block's gradient partial, then its loss
+  std::vector<scalar_t> xt, yt, wt(blocks * kRows, scalar_t(0));
+  pack_rows(x.data_ptr<scalar_t>(), n, s.dx, pl.dxp, xt);
+  pack_rows(y.data_ptr<scalar_t>(), n, s.dy, pl.dyp, yt);
+  std::copy_n(row_weight.data_ptr<scalar_t>(), n, wt.begin());
+
+  std::vector<scalar_t> packed(pl.size(), scalar_t(0));
+  std::vector<acc_t> partial(blocks * stride), total(stride), grad(np);
   scalar_t* p = params.data_ptr<scalar_t>();
   scalar_t* m = exp_avg.data_ptr<scalar_t>();
   scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  const scalar_t* yp = y.data_ptr<scalar_t>();
-  const scalar_t* wp = row_weight.data_ptr<scalar_t>();
   scalar_t* out = losses.data_ptr<scalar_t>();
+  const int64_t work_size = (4 * pl.hp + 2 * pl.dyp) * kRows;
   for (int64_t it = 0; it < cfg.steps; ++it) {
-    std::fill(partial.begin(), partial.end(), scalar_t(0));
-    at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        chunk_loss[c] = club_rows<scalar_t>(s, xp, yp, wp, p, c * kChunk,
-                                                   std::min(n, (c + 1) * kChunk),
-                                                   partial.data() + c * np);
+    for_each_param(s, pl, [&](int64_t flat, int64_t pad) { packed[pad] = p[flat]; });
+    std::fill(partial.begin(), partial.end(), acc_t(0));
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> work(work_size);
+      for (int64_t b = b0; b < b1; ++b) {
+        club_block<scalar_t, acc_t>(pl, packed.data(), xt.data() + b * pl.dxp * kRows,
+                                    yt.data() + b * pl.dyp * kRows, wt.data() + b * kRows,
+                                    work.data(), partial.data() + b * stride);
       }
     });
-    acc_t loss = 0;
-    std::fill(grad.begin(), grad.end(), acc_t(0));
-    for (int64_t c = 0; c < chunks; ++c) {
-      loss += chunk_loss[c];
-      for (int64_t i = 0; i < np; ++i) grad[i] += partial[c * np + i];
-    }
-    out[it] = static_cast<scalar_t>(loss);
+    std::fill(total.begin(), total.end(), acc_t(0));
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t i = 0; i < stride; ++i) total[i] += partial[b * stride + i];
+    for_each_param(s, pl, [&](int64_t flat, int64_t pad) { grad[flat] = total[pad]; });
+    out[it] = static_cast<scalar_t>(total[pl.size()]);
     // torch.optim.Adam (single-tensor, no weight decay): lerp, addcmul, addcdiv.
     const double t = static_cast<double>(cfg.step + it + 1);
     const scalar_t step_size = static_cast<scalar_t>(cfg.lr / (1 - std::pow(cfg.beta1, t)));
