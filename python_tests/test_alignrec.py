@@ -227,3 +227,19 @@ def test_bad_input(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_resumes_bit_identically_through_the_warmup(tmp_path):
+    from mmfast.trainer import TrainingInterrupted
+    from trainer_helpers import ctrl_c_at_epoch_call
+
+    config = tiny_config("ALIGNREC", "no_grid=true", "warmup_ui=true", "warmup_epochs=2", epochs=2)
+    full = run(config, out=tmp_path / "a", console=False)
+    with ctrl_c_at_epoch_call(2), pytest.raises(TrainingInterrupted) as info:
+        run(config, out=tmp_path / "b", console=False)
+    resumed = run(resume=info.value.folder, console=False)
+    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
+    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
+    assert a["best"] == b["best"] and a["model_info"] == b["model_info"]
+    la, lb = (torch.load(r.run_dir / "last.pt", weights_only=False) for r in (full, resumed))
+    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
