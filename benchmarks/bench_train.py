@@ -1,5 +1,5 @@
-"""One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM and SEA at Amazon
-Baby scale, and SEA on the real TikTok set.
+"""One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM, SEA and ALIGNREC at
+Amazon Baby scale, and SEA on the real TikTok set.
 
 The same model code on both backends (``mmfast.ops`` kernels vs their references), MMRec's
 batches (2048, fresh negatives) and Adam. Data: the real Baby training graph when
@@ -8,7 +8,8 @@ text 384-d, since the Amazon feature files are not available: timings only, no a
 else a synthetic dataset of Baby's shape. SEA transforms every item's features with a
 d x d matrix each batch (4096 x 4096 for Baby images, ~0.5 TFLOP a batch with its backward): on a
 CPU its Baby benchmark cuts the image features to ``SEA_CPU_IMAGE_DIM`` (named in the result);
-on a GPU it runs the full widths.
+on a GPU it runs the full widths. ALIGNREC reads one RANDOM 768-d fused feature per item (the
+width of AlignRec's released BEiT-3 features).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ SHARED_DATA = Path(os.environ.get("MMFAST_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
 SINGLE = {"LightGCN": ["n_layers=2", "reg_weight=1e-4"], "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"],
-          "SEA": [], "SAND": [], "FREEDOM+SEA": []}
-ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1}
+          "SEA": [], "SAND": [], "FREEDOM+SEA": [], "ALIGNREC": []}
+ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1, "ALIGNREC": 1}
 SEA_CPU_IMAGE_DIM = 512
 
 
@@ -113,3 +114,17 @@ def test_train_epoch_sea_baby(compare, backend):
             trainer.train_epoch(0)
 
     compare(f"train epoch SEA {label}", backend, epoch, rounds=1)
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+def test_train_epoch_alignrec_baby(compare, backend):
+    ds = baby()
+    rng = np.random.default_rng(1)
+    fused = {"fused": rng.standard_normal((ds.n_items, 768), dtype=np.float32)}
+    trainer = make_trainer("ALIGNREC", backend, ds=dataclasses.replace(ds, features=fused))
+
+    def epoch():
+        with use_backend(backend):
+            trainer.train_epoch(0)
+
+    compare("train epoch ALIGNREC baby (random 768-d fused)", backend, epoch, rounds=1)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from mmfast.configs import ConfigError
 from mmfast.data.dataset import Dataset
 from mmfast.data.interactions import DataFormatError
-from mmfast.data.mmrec import read_mmrec
+from mmfast.data.mmrec import read_feature, read_mmrec
 from mmfast.data.synthetic import generate as generate_synthetic
 
 
@@ -57,6 +57,12 @@ def load_dataset(config: Mapping[str, Any]) -> Dataset:
     root = dataset_root(config)
     if root is None:
         ds = load("synthetic", **dict(config.get("synthetic") or {}))
+        if config.get("fused_feature") is not None:  # e.g. python -m mmfast.pretrain's output
+            try:
+                ds.features = {"fused": read_feature(config["fused_feature"], ds.n_items)}
+            except DataFormatError as exc:
+                raise ConfigError(f"dataset 'synthetic': {exc}") from None
+            return ds
         wanted = config.get("modalities")
         if wanted is not None:
             missing = set(wanted) - set(ds.features)

@@ -143,6 +143,34 @@ class Recommender(nn.Module):
         for name, s in state.items():
             self._generators[name].set_state(s)
 
+    # --------------------------------------------------------------- run facts, masking
+    def run_info(self) -> dict[str, Any]:
+        """Facts about this model worth keeping with its results (ALIGNREC: which input
+        features it read). The trainer writes a non-empty one to ``metrics.json`` as
+        ``model_info``."""
+        return {}
+
+    @torch.no_grad()
+    def mask_modality(self, modality: str, items: torch.Tensor) -> None:
+        """Zero ``modality``'s input features for ``items`` in place (evaluation-time masking,
+        ``python -m mmfast.evaluate --mask-modality``). The default zeroes the rows of every
+        :class:`mmfast.nn.ModalityProjection` table and ``raw_<modality>`` buffer of that
+        modality; models holding features otherwise override it."""
+        from mmfast.nn import ModalityProjection
+
+        found = False
+        for module in self.modules():
+            if isinstance(module, ModalityProjection) and modality in module.features:
+                table = module.features[modality]
+                table[items.to(table.device)] = 0
+                found = True
+        for name, buf in self.named_buffers():
+            if name.rsplit(".", 1)[-1] == f"raw_{modality}":
+                buf[items.to(buf.device)] = 0
+                found = True
+        if not found:
+            raise ValueError(f"{type(self).__name__} holds no {modality!r} features to mask")
+
     # --------------------------------------------------------------- helpers
     def _apply(self, fn, recurse=True):
         """``.to(device)``, ``.double()`` and friends move the frozen graphs the model's modules

@@ -1,6 +1,13 @@
 """Reusable modules and losses that models are composed from (plain PyTorch unless a kernel
 pays off): the LightGCN ID line, per-modality feature projections and GNNs, the user lift R̂,
+AlignRec's purifier, alignment losses and stage-1 aligner,
 modality fusion, SEA's separate learning and CLUB q-net, FREEDOM's edge pruning, BPR."""
+from mmfast.nn.alignment import (
+    BehaviorPurifier,
+    ContentAligner,
+    similarity_preservation_loss,
+    ui_cosine_loss,
+)
 from mmfast.nn.bpr import bpr_loss, embedding_norm_loss
 from mmfast.nn.club import ClubNet
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
@@ -19,6 +26,7 @@ from mmfast.nn.separation import (
 )
 
 __all__ = [
+    "BehaviorPurifier", "ContentAligner", "similarity_preservation_loss", "ui_cosine_loss",
     "DISTANCING", "ClubNet", "DegreeSensitivePruning", "ItemGraphSmoothing", "LightGCNEmbeddings",
     "ModalityGNN", "ModalityProjection", "ProjectionHead", "SeparateLearning", "UserLift",
     "UserModalityWeights", "bpr_loss", "check_features", "embedding_norm_loss", "log2_scale", "ordered_modalities",

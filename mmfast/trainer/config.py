@@ -197,12 +197,15 @@ def grid_keys(config: Mapping[str, Any]) -> list[str]:
 
 def default_point(config: Mapping[str, Any]) -> dict[str, Any]:
     """The one point ``no_grid`` trains: each grid axis at the value ``default_point`` names
-    (the paper's reported setting, where the model's YAML knows one), else its first value."""
+    (the paper's reported setting, where the model's YAML knows one), else its first value.
+    An axis already fixed to one value (``--set learning_rate=0.01``) keeps that value."""
     named = config.get("default_point") or {}
     point = {}
     for key in grid_keys(config):
-        axis = config[key] if isinstance(config[key], list) else [config[key]]
-        point[key] = named.get(key, axis[0])
+        if not isinstance(config[key], list):
+            point[key] = config[key]
+            continue
+        point[key] = named.get(key, config[key][0])
     return point
 
 

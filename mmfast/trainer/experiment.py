@@ -94,6 +94,7 @@ def run(
         if not (run_dir / "config.yaml").is_file():
             raise cfg.ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = cfg.load_yaml(run_dir / "config.yaml")
+        dataset = None
         logs = sorted(run_dir.glob("*.log"))
         log_name = logs[0].name if logs else f"{run_dir.name}.log"
     else:
@@ -102,13 +103,15 @@ def run(
         models.get(config["model"])  # fail before creating a run folder
         dataset_root(config)
         resolve_device(str(config["device"]))
+        dataset = load_dataset(config)  # a bad feature file too
         run_dir, log_name = new_run_dir(Path(out or config["checkpoint_dir"]),
                                          config["model"], config["dataset"])
         atomic_write_text(run_dir / "config.yaml", cfg.dump(config))
     logger = setup_logger(run_dir / log_name, console=console)
     try:
         with use_backend(config["backend"]):
-            return _run(dict(config), run_dir, logger, resume is not None, use_bar(progress))
+            return _run(dict(config), run_dir, logger, resume is not None, use_bar(progress),
+                        dataset)
     except TrainingInterrupted as exc:  # resume takes the run folder, not a grid point's
         raise TrainingInterrupted(run_dir, exc.epoch) from None
     finally:
@@ -116,7 +119,7 @@ def run(
 
 
 def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming: bool,
-         bar: bool) -> RunResult:
+         bar: bool, dataset=None) -> RunResult:
     log = logger.info
     model_cls = models.get(config["model"])
     device = resolve_device(str(config["device"]))
@@ -126,7 +129,7 @@ def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming
     log(f"██Dir: \t{os.getcwd()}\n")
     log(config_block(config))
     log(f"device: {device}, backend: {config['backend']}")
-    dataset = load_dataset(config)
+    dataset = load_dataset(config) if dataset is None else dataset
     log("\n" + str(dataset))
     evaluate = build_evaluator(dataset, config, device)
     metric = valid_metric(config)

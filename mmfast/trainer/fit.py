@@ -110,8 +110,12 @@ class Trainer:
         self.logger.info(f"resumed from {path} after epoch {state['epoch']}")
 
     def result(self) -> dict[str, Any]:
-        return {"params": self.params, "status": self.status, "best": self.best,
-                "epochs": self.history}
+        result = {"params": self.params, "status": self.status, "best": self.best,
+                  "epochs": self.history}
+        info = self.model.run_info()
+        if info:
+            result["model_info"] = info
+        return result
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> float:
