@@ -1,7 +1,8 @@
 // Fixed-width SIMD for the CPU kernels, without ATen's per-ISA build: GCC/Clang vector
 // extensions of 32 bytes (one AVX2 register, two SSE2 ones). Kernels that use it compile their
-// hot function twice with MMFAST_SIMD_CLONES (AVX2+FMA and baseline x86-64), the choice made
-// once at load time, so the wheel still runs on any x86-64 CPU.
+// hot function per x86-64 ISA level with MMFAST_SIMD_CLONES (v4: AVX-512VL, 32 registers;
+// v3: AVX2+FMA; baseline), the choice made once at load time by the CPU's features, so the
+// wheel still runs on any x86-64 CPU. ("arch=haswell" would test the CPU model, not features.)
 #pragma once
 
 #include <algorithm>
@@ -9,7 +10,7 @@
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MMFAST_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define MMFAST_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MMFAST_SIMD_CLONES
 #endif
