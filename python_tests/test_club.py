@@ -304,3 +304,20 @@ def test_cuda_club_learn_matches_cpu(n, dims, dtype):
         torch.testing.assert_close(p2.cpu(), p1, **tol)
     torch.testing.assert_close(club_upper_bound(xs[0].cuda(), ys[0].cuda(), q2, estimator="full").cpu(),
                                club_upper_bound(xs[0], ys[0], q2.cpu(), estimator="full"), **tol)
+
+
+@pytest.mark.parametrize("n", [6_710, 7_050, 23_033])
+def test_club_learn_matches_adam_loop_at_dataset_sizes(n):
+    """SEA's call at TikTok / Baby / Clothing item counts: two modalities sharing q, float64
+    (several row blocks and a partial last one), a few steps against the Adam loop."""
+    q = make_q(32, 32, seed=n)
+    xs = [randn(n, 32, seed=n + 1), randn(n, 32, seed=n + 2)]
+    ys = [xs[0] * 0.5 + randn(n, 32, seed=n + 3), xs[1].tanh() + randn(n, 32, seed=n + 4)]
+    (q1, o1), (q2, o2) = twin(q, lr=1e-2)
+    got = club_learn(xs, ys, q1, o1, steps=3)
+    want = ops.club_learn_reference(xs, ys, q2, o2, steps=3)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
+    assert_same_net(q1, q2, rtol=1e-10, atol=1e-12)
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        torch.testing.assert_close(o1.state[p1]["exp_avg_sq"], o2.state[p2]["exp_avg_sq"],
+                                   rtol=1e-9, atol=1e-15)

@@ -177,3 +177,16 @@ def test_cuda_solosim_tiny_temperature_and_opcheck():
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, (a, b)))
     torch.library.opcheck(torch.ops.mmfast.solosim.default,
                           (randn(40, 7, device="cuda").requires_grad_(), randn(40, 7, device="cuda"), 3.0))
+
+
+@pytest.mark.parametrize("n", [6_710, 7_050])
+def test_solosim_float64_at_dataset_sizes(n):
+    """TikTok / Baby item counts, d = 32, float64: many row blocks and column tiles, partial
+    last ones (23,033 is checked the same way by hand: its N x N reference is too big here)."""
+    a = randn(n, 32, seed=n).requires_grad_()
+    b = (a.detach() + randn(n, 32, seed=n + 1)).requires_grad_()
+    loss = solosim_loss(a, b, 0.2)
+    ref = solosim_dense(a, b, 0.2)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(loss, (a, b)), torch.autograd.grad(ref, (a, b))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-15)
