@@ -7,6 +7,8 @@ from mmfast.models import lightgcn as _lightgcn  # noqa: E402,F401
 from mmfast.models import freedom as _freedom  # noqa: E402,F401
 from mmfast.models import sea as _sea  # noqa: E402,F401
 from mmfast.models import freedom_sea as _freedom_sea  # noqa: E402,F401
+from mmfast.models import drepmrec as _drepmrec  # noqa: E402,F401
+from mmfast.models.drepmrec import DREPMREC  # noqa: E402
 from mmfast.models.freedom import FREEDOM  # noqa: E402
 from mmfast.models.freedom_sea import FREEDOMSEA  # noqa: E402
 from mmfast.models.lightgcn import LightGCN  # noqa: E402
@@ -14,3 +16,4 @@ from mmfast.models.sea import SAND, SEA  # noqa: E402
 
 __all__ = ["FREEDOM", "FREEDOMSEA", "LightGCN", "SAND", "SEA", "Recommender", "UnknownModelError", "available", "canonical", "get",
            "register"]
+__all__ += ["DREPMREC"]
