@@ -144,8 +144,6 @@ class DREPMREC(Recommender):
             for m, x in raw.items():  # R̂ x^m: the users' raw-feature targets, frozen
                 self.register_buffer(f"lifted_raw_{m}", spmm(lift, x.to(self.device)),
                                      persistent=False)
-        if self.user_modal == "uu_graph":
-            self._rebuild_user_graphs()
 
     # ------------------------------------------------------------------ the two lines
     def behavior_line(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +160,8 @@ class DREPMREC(Recommender):
     def modal_branches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per modality (users [U, d], items [I, d]) of the modal line."""
         out = {}
+        if self.user_modal == "uu_graph" and self.user_graphs[self.modalities[0]].graph is None:
+            self._rebuild_user_graphs()  # first use, before any pre_epoch_processing
         with record_function("drepmrec.modal"):
             for m in self.modalities:
                 items, lifted = self._lifted(m)
