@@ -58,13 +58,23 @@ class FREEDOM(Recommender):
     def pre_epoch_processing(self) -> None:
         self.train_adj = self.pruning.sample()
 
-    def forward(self, adj: SparseGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    def lines(self, adj: SparseGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items) of the user-item graph and h = S^L e_item of the kNN graph; the item
+        vector is items + h."""
         h = propagate(self.mm_adj, self.ids.item.weight, self.n_mm_layers, "last")
         u, i = self.ids(adj, self.n_ui_layers)
+        return u, i, h
+
+    def forward(self, adj: SparseGraph) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i, h = self.lines(adj)
         return u, i + h
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.train_adj)
+        return self.freedom_loss(u, i, users, positives, negatives)
+
+    def freedom_loss(self, u, i, users, positives, negatives) -> torch.Tensor:
+        """FREEDOM's loss from the final user and item vectors."""
         ub = u[users]
         loss = bpr_loss(ub, i[positives], i[negatives])
         if self.reg_weight:

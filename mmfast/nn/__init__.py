@@ -8,14 +8,19 @@ from mmfast.nn.alignment import (
     similarity_preservation_loss,
     ui_cosine_loss,
 )
+from mmfast.nn.bma import BMA_FUSIONS, BehaviorModalAlignment
 from mmfast.nn.bpr import bpr_loss, embedding_norm_loss
 from mmfast.nn.club import ClubNet
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.fusion import ItemGraphSmoothing, UserModalityWeights
+from mmfast.nn.gate import GATES, FilterGate
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.lift import UserLift
+from mmfast.nn.modal_fusion import MODAL_FUSES, ModalityFusion
 from mmfast.nn.modal_gnn import ModalityGNN
+from mmfast.nn.relation_graph import RelationGraph, UserKNNGraph
+from mmfast.nn.s3 import SimilaritySupervision, cosine_similarity_target
 from mmfast.nn.separation import (
     DISTANCING,
     ProjectionHead,
@@ -31,4 +36,8 @@ __all__ = [
     "ModalityGNN", "ModalityProjection", "ProjectionHead", "SeparateLearning", "UserLift",
     "UserModalityWeights", "bpr_loss", "check_features", "embedding_norm_loss", "log2_scale", "ordered_modalities",
     "split_halves",
+]
+__all__ += [  # DRepMRec
+    "BMA_FUSIONS", "BehaviorModalAlignment", "FilterGate", "GATES", "MODAL_FUSES", "ModalityFusion",
+    "RelationGraph", "SimilaritySupervision", "UserKNNGraph", "cosine_similarity_target",
 ]
