@@ -16,7 +16,7 @@ from mmfast import models
 from mmfast.trainer import run
 from mmfast.trainer import config as cfg
 
-MULTIMODAL = ["FREEDOM", "SEA", "SAND", "ALIGNREC"]
+MULTIMODAL = ["FREEDOM", "SEA", "SAND", "ALIGNREC", "DREPMREC", "FREEDOM+BMA"]
 MARGIN = 1.05  # multimodal best valid Recall@20 >= MARGIN x LightGCN's
 
 # Patience 10 instead of overall.yaml's 20 keeps the file within CI time; the epoch cap is
