@@ -19,7 +19,7 @@ from mmfast.configs import load_yaml, merge, model_config_path
 from mmfast.data.dataset import Dataset
 from mmfast.models.freedom import FREEDOM
 from mmfast.models.registry import register
-from mmfast.models.sea import aux_rows, separate_learning
+from mmfast.models.sea import aux_rows, check_aux_rows, separate_learning
 from mmfast.nn import ordered_modalities
 
 
@@ -41,7 +41,7 @@ class FREEDOMSEA(FREEDOM):
         if width % 2:
             raise ValueError(f"FREEDOM+SEA splits the {width}-d modality projections in half: "
                              "feat_embed_dim must be even")
-        self.aux_rows = str(config["aux_rows"])
+        self.aux_rows = check_aux_rows(str(config["aux_rows"]))
         self.separate = separate_learning(config, {m: width // 2 for m in self.sea_modalities})
         club_lr = config.get("club_lr")
         self.separate.attach(self, float(config["learning_rate"] if club_lr is None else club_lr))

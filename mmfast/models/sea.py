@@ -60,10 +60,15 @@ def separate_learning(config: Mapping[str, Any], generic_dims: Mapping[str, int]
     )
 
 
-def aux_rows(mode: str, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
-    """The item rows the auxiliary losses see: None (all items, the reference) or the batch's."""
+def check_aux_rows(mode: str) -> str:
     if mode not in AUX_ROWS:
         raise ValueError(f"aux_rows must be one of {AUX_ROWS}, got {mode!r}")
+    return mode
+
+
+def aux_rows(mode: str, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+    """The item rows the auxiliary losses see: None (all items, the reference) or the batch's."""
+    check_aux_rows(mode)
     return None if mode == "all" else torch.unique(torch.cat([positives, negatives]))
 
 
@@ -95,7 +100,7 @@ class SEA(Recommender):
         self.smoothing = ItemGraphSmoothing(knn.to(self.device), int(config["n_mm_layers"]))
         self.adj = dataset.norm_adj().to(self.device)
         self.bpr_log2, self.aux_rows = bool(config["bpr_log2"]), str(config["aux_rows"])
-        aux_rows(self.aux_rows, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+        check_aux_rows(self.aux_rows)
         for m, x in raw.items():
             if x.shape[1] % 2:
                 raise ValueError(f"{name} splits each modality's features in half and the {m} "
