@@ -2,7 +2,6 @@
 sources and their record, the warm-up, bad input; and its defaults (grid, default point)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -14,12 +13,9 @@ from mmfast.data import load_dataset
 from mmfast.ops import solosim_loss, use_backend
 from mmfast.trainer import config as cfg
 from mmfast.trainer import run
-from trainer_helpers import TINY, one_thread, tiny_config  # noqa: F401
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
+from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    TINY, build_model, one_batch, one_thread, private_cache, tiny_config, with_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +24,7 @@ def tiny():
 
 
 def build(dataset, *sets, seed=0):
-    point = cfg.grid_points(tiny_config("ALIGNREC", "no_grid=true", *sets, epochs=1))[0]
-    torch.manual_seed(seed)
-    return models.get("ALIGNREC")(point, dataset, "cpu"), point
-
-
-def batch(dataset, size=128, seed=0):
-    torch.manual_seed(seed)
-    return next(iter(dataset.sampler(batch_size=size)))
+    return build_model("ALIGNREC", dataset, *sets, seed=seed)
 
 
 def test_defaults_grid_and_default_point():
@@ -66,13 +55,13 @@ def test_shapes_and_feature_record(tiny):
 def test_loss_decreases(tiny):
     model, _ = build(tiny)
     opt = torch.optim.Adam(model.model_parameters(), lr=0.01)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     losses = [float(model.train_step(users, pos, neg, opt)) for _ in range(8)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 def test_both_backends_agree_at_one_step(tiny):
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     results = []
     for backend in ("mmfast", "torch"):
         model, _ = build(tiny, seed=3)
@@ -94,7 +83,7 @@ def test_loss_terms_as_the_reference(tiny):
     """The total is BPR + reg/B_config + cl_loss NCE + 0.1 UI + sim_weight sim, term by term."""
     model, point = build(tiny, "cl_loss=0.5", "sim_weight=0.3", "train_batch_size=1000")
     model.double()
-    users, pos, neg = batch(tiny, size=64)
+    users, pos, neg = one_batch(tiny, size=64)
     with torch.no_grad():
         h_u, h_i, m_u, m_i = model.lines()
         z_u, z_i = h_u + m_u, h_i + m_i
@@ -120,7 +109,7 @@ SWITCHES = [
 def test_every_switch_trains(tiny, sets):
     model, _ = build(tiny, *sets)
     opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     before = model.ids.item.weight.detach().clone()
     loss = model.train_step(users, pos, neg, opt)
     assert torch.isfinite(loss) and not torch.equal(before, model.ids.item.weight)
@@ -129,7 +118,7 @@ def test_every_switch_trains(tiny, sets):
 
 
 def test_sim_target_current_drifts_and_frozen_stays(tiny):
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     out = {}
     for target in ("current", "frozen"):
         model, _ = build(tiny, f"sim_target={target}", "learning_rate=0.05")
@@ -145,7 +134,7 @@ def test_sim_target_current_drifts_and_frozen_stays(tiny):
 def test_warmup_drops_bpr_and_ramps_the_rate(tiny):
     model, _ = build(tiny, "warmup_ui=true", "warmup_epochs=4", "cl_loss=0", "sim_weight=0",
                      "reg_weight=0")
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     model.current_epoch = 0
     assert float(model.calculate_loss(users, pos, neg).detach()) == 0.0  # only BPR/UI would remain
     model.current_epoch = 4
@@ -186,18 +175,14 @@ def test_fused_file_trains_and_is_recorded(tmp_path):
     assert f"features: fused ['fused'] 24-d from {fused} (made by test" in log
 
 
-def _with_features(dataset, **features):
-    return dataclasses.replace(dataset, features=features)
-
-
 def test_bad_input(tiny, tmp_path, capsys):
     image = tiny.features["image"]
     with pytest.raises(ValueError, match="needs item features"):
-        build(_with_features(tiny))
+        build(with_features(tiny))
     bad = image.copy()
     bad[5, 2] = np.nan
     with pytest.raises(ValueError, match="features hold NaN"):
-        build(_with_features(tiny, image=bad))
+        build(with_features(tiny, image=bad))
     with pytest.raises(ValueError, match="feature_source must be auto, fused, concat"):
         build(tiny, "feature_source=audio")
     with pytest.raises(ValueError, match="needs a fused feature file"):

@@ -17,14 +17,9 @@ import mmfast
 from mmfast import recommend, train
 from mmfast.eval import Evaluator
 from mmfast.data import load_dataset
-from trainer_helpers import TINY, one_thread  # noqa: F401 (fixture)
+from trainer_helpers import TINY, one_thread, private_cache  # noqa: F401 (autouse fixtures)
 
 ROOT = Path(mmfast.__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
 
 
 def _sets(*items: str) -> list[str]:

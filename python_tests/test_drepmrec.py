@@ -3,7 +3,6 @@ each combination of the decoupling switches, the detaches really stop gradients,
 equals its dense form, bad input (one modality is allowed)."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -15,31 +14,17 @@ from mmfast.data import load_dataset
 from mmfast.nn import BehaviorModalAlignment, FilterGate, ModalityFusion, SimilaritySupervision
 from mmfast.ops import use_backend
 from mmfast.trainer import run
-from mmfast.trainer import config as cfg
-from trainer_helpers import one_thread, tiny_config  # noqa: F401
+from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_loss_decreases, one_batch, one_thread, private_cache, tiny_config, with_features,
+)
+from trainer_helpers import build_model as build
 
 MODELS = ["DREPMREC", "FREEDOM+BMA"]
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return load_dataset(tiny_config("DREPMREC", epochs=1))
-
-
-def build(name, dataset, *sets, seed=0):
-    point = cfg.grid_points(tiny_config(name, "no_grid=true", *sets, epochs=1))[0]
-    torch.manual_seed(seed)
-    return models.get(name)(point, dataset, "cpu"), point
-
-
-def batch(dataset, size=128, seed=0):
-    torch.manual_seed(seed)
-    return next(iter(dataset.sampler(batch_size=size)))
 
 
 @pytest.mark.parametrize("name,sets,width", [
@@ -62,10 +47,7 @@ def test_shapes_and_registration(tiny, name, sets, width):
 @pytest.mark.parametrize("name", MODELS)
 def test_loss_decreases(tiny, name):
     model, _ = build(name, tiny)
-    opt = torch.optim.Adam(model.model_parameters(), lr=0.01)
-    users, pos, neg = batch(tiny)
-    losses = [float(model.train_step(users, pos, neg, opt)) for _ in range(8)]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert_loss_decreases(model, tiny)
 
 
 def _one_step(model, users, pos, neg, backend):
@@ -85,7 +67,7 @@ def _one_step(model, users, pos, neg, backend):
     ("FREEDOM+BMA", []),
 ], ids=["DREPMREC", "DREPMREC-switches", "FREEDOM+BMA"])
 def test_both_backends_agree_at_one_step(tiny, name, sets):
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     results = []
     for backend in ("mmfast", "torch"):
         model, _ = build(name, tiny, *sets, seed=3)
@@ -115,7 +97,7 @@ DECOUPLING = [[f"detach_cross={a}", f"line_bpr={b}"]
 def test_every_switch_trains(tiny, sets):
     model, _ = build("DREPMREC", tiny, *sets)
     opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.pre_epoch_processing()
     loss = model.train_step(users, pos, neg, opt)
@@ -133,7 +115,7 @@ def test_freedom_bma_decoupling_trains(tiny, detach_cross):
     model, _ = build("FREEDOM+BMA", tiny, f"detach_cross={str(detach_cross).lower()}")
     model.pre_epoch_processing()
     opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     assert torch.isfinite(model.train_step(users, pos, neg, opt))
     assert model.bma.detach_cross is detach_cross
 
@@ -146,7 +128,7 @@ def _grads(loss, tensors):
 @pytest.mark.parametrize("detach_cross", [False, True])
 def test_detach_cross_stops_the_inter_gradient_at_the_behavior_line(tiny, detach_cross):
     model, _ = build("DREPMREC", tiny, f"detach_cross={str(detach_cross).lower()}")
-    users, pos, _ = batch(tiny)
+    users, pos, _ = one_batch(tiny)
     b_u, b_i = model.behavior_line()
     m_u, m_i = model.modal_line()
     inter = model.bma.inter(b_u[users], b_i[pos], m_u[users], m_i[pos])
@@ -181,7 +163,7 @@ def test_bma_plug_in_detaches_the_target_rows(detach_cross):
 @pytest.mark.parametrize("gate,detach", [("id", True), ("id", False), ("self", False)])
 def test_gate_detach_keeps_modal_losses_off_the_id_embeddings(tiny, gate, detach):
     model, _ = build("DREPMREC", tiny, f"gate={gate}", f"gate_detach={str(detach).lower()}")
-    users, pos, _ = batch(tiny)
+    users, pos, _ = one_batch(tiny)
     branches = model.modal_branches()
     m_u, m_i = model.modal_line(branches)
     # Every modal-line loss: S3, the modal intra term, a modal BPR-like score.
@@ -233,27 +215,23 @@ def test_trains_end_to_end_with_the_user_graph(tmp_path):
     assert result.best["valid"]["recall@20"] > 0
 
 
-def _with_features(dataset, **features):
-    return dataclasses.replace(dataset, features=features)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_bad_input(tiny, name):
     image, text = tiny.features["image"], tiny.features["text"]
     bad = text.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="text features hold NaN"):
-        build(name, _with_features(tiny, image=image, text=bad))
+        build(name, with_features(tiny, image=image, text=bad))
     inf = image.copy()
     inf[0, 0] = np.inf
     with pytest.raises(ValueError, match="image features hold NaN or infinite"):
-        build(name, _with_features(tiny, image=inf, text=text))
+        build(name, with_features(tiny, image=inf, text=text))
     with pytest.raises(ValueError, match="needs item features"):
-        build(name, _with_features(tiny))
+        build(name, with_features(tiny))
     # One modality is allowed: the modal line has one branch.
-    model, _ = build(name, _with_features(tiny, text=text))
+    model, _ = build(name, with_features(tiny, text=text))
     opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     assert torch.isfinite(model.train_step(users, pos, neg, opt))
     if name == "DREPMREC":
         assert list(model.item_gates) == ["text"]

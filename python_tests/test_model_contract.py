@@ -13,12 +13,9 @@ from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.trainer import TrainingInterrupted, run
 from mmfast.trainer import config as cfg
-from trainer_helpers import ctrl_c_at_epoch_call, one_thread, tiny_config  # noqa: F401
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
+from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    ctrl_c_at_epoch_call, one_thread, private_cache, tiny_config,
+)
 
 
 def test_auxiliary_parameters_stay_out_of_the_model_optimizer(tmp_path):

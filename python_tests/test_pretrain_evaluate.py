@@ -6,20 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mmfast import evaluate, pretrain, train
-from mmfast.data import write_mmrec
 from mmfast.data.synthetic import generate_with_latents
 from mmfast.nn import ContentAligner
-from trainer_helpers import TINY, one_thread  # noqa: F401
+from trainer_helpers import TINY, one_thread, private_cache  # noqa: F401 (autouse fixtures)
 
 SETS = [a for s in TINY[:3] for a in ("--set", s)]  # the tiny synthetic set's sizes
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

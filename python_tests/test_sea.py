@@ -2,7 +2,6 @@
 resume (q-net, its Adam and the per-call permutations included), bad input."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -14,33 +13,20 @@ from mmfast.data import load_dataset
 from mmfast.nn import SeparateLearning, split_halves
 from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
-from mmfast.trainer import config as cfg
-from trainer_helpers import ctrl_c_at_epoch_call, one_thread, tiny_config  # noqa: F401
+from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
+    with_features,
+)
+from trainer_helpers import build_model as build
 
 SEA_MODELS = ["SEA", "SAND", "FREEDOM+SEA"]
 pytestmark = pytest.mark.filterwarnings("ignore:SeparateLearning. negative-L2")
-
-
-@pytest.fixture(autouse=True)
-def _graph_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     config = tiny_config("SEA", epochs=1)
     return load_dataset(config)
-
-
-def build(name, dataset, *sets, seed=0):
-    point = cfg.grid_points(tiny_config(name, "no_grid=true", *sets, epochs=1))[0]
-    torch.manual_seed(seed)
-    return models.get(name)(point, dataset, "cpu"), point
-
-
-def batch(dataset, size=128, seed=0):
-    torch.manual_seed(seed)
-    return next(iter(dataset.sampler(batch_size=size)))
 
 
 @pytest.mark.parametrize("name", SEA_MODELS)
@@ -59,11 +45,8 @@ def test_shapes_and_registration(tiny, name):
 
 @pytest.mark.parametrize("name", SEA_MODELS)
 def test_loss_decreases(tiny, name):
-    model, point = build(name, tiny, "learning_rate=0.01")
-    opt = torch.optim.Adam(model.model_parameters(), lr=0.01)
-    users, pos, neg = batch(tiny)
-    losses = [float(model.train_step(users, pos, neg, opt)) for _ in range(8)]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    model, _ = build(name, tiny, "learning_rate=0.01")
+    assert_loss_decreases(model, tiny)
 
 
 def _one_step(model, users, pos, neg, backend):
@@ -79,7 +62,7 @@ def _one_step(model, users, pos, neg, backend):
 
 @pytest.mark.parametrize("name", SEA_MODELS)
 def test_both_backends_agree_at_one_step(tiny, name):
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     results = []
     for backend in ("mmfast", "torch"):
         model, _ = build(name, tiny, seed=3)
@@ -110,7 +93,7 @@ def test_every_switch_trains(tiny, name, sets):
         pytest.skip("FREEDOM+SEA keeps FREEDOM's BPR")
     model, _ = build(name, tiny, *sets)
     opt = torch.optim.Adam(model.model_parameters(), lr=1e-3)
-    users, pos, neg = batch(tiny)
+    users, pos, neg = one_batch(tiny)
     before = {n: p.detach().clone() for n, p in model.separate.named_parameters()}
     loss = model.train_step(users, pos, neg, opt)
     assert torch.isfinite(loss)
@@ -160,26 +143,22 @@ def test_sea_resumes_bit_identically(tmp_path):
     assert qa and all(torch.equal(qa[i][k], qb[i][k]) for i in qa for k in qa[i])
 
 
-def _with_features(dataset, **features):
-    return dataclasses.replace(dataset, features=features)
-
-
 @pytest.mark.parametrize("name", SEA_MODELS)
 def test_bad_input(tiny, name):
     image, text = tiny.features["image"], tiny.features["text"]
     with pytest.raises(ValueError, match="needs 'image' plus one other"):
-        build(name, _with_features(tiny, image=image))
+        build(name, with_features(tiny, image=image))
     with pytest.raises(ValueError, match="choose two"):
-        build(name, _with_features(tiny, image=image, text=text, audio=text[:, :4].copy()))
+        build(name, with_features(tiny, image=image, text=text, audio=text[:, :4].copy()))
     with pytest.raises(ValueError, match="anchor modality 'image' is not among"):
-        build(name, _with_features(tiny, text=text, audio=text.copy()))
+        build(name, with_features(tiny, text=text, audio=text.copy()))
     bad = text.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="text features hold NaN"):
-        build(name, _with_features(tiny, image=image, text=bad))
+        build(name, with_features(tiny, image=image, text=bad))
     if name != "FREEDOM+SEA":  # FREEDOM+SEA splits its projections, whatever the input width
         with pytest.raises(ValueError, match="odd"):
-            build(name, _with_features(tiny, image=image[:, :7].copy(), text=text))
+            build(name, with_features(tiny, image=image[:, :7].copy(), text=text))
     else:
         with pytest.raises(ValueError, match="feat_embed_dim must be even"):
             build(name, tiny, "feat_embed_dim=63")

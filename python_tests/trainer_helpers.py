@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 import torch
 
 from mmfast import models
+from mmfast.data import Dataset
 from mmfast.trainer import Trainer
 from mmfast.trainer import config as cfg
 
@@ -29,6 +32,39 @@ def tiny_config(model: str = "LightGCN", *extra: str, **cli: Any) -> dict[str, A
         model, "synthetic", model_defaults=models.get(model).default_config("synthetic"),
         overrides=[*TINY, *single, *extra], cli={"device": "cpu", **cli},
     )
+
+
+def build_model(name: str, dataset: Dataset, *sets: str, seed: int = 0):
+    """``name`` built on ``dataset`` at its ``--no-grid`` point (plus ``sets``), seeded:
+    ``(model, point)``."""
+    point = cfg.grid_points(tiny_config(name, "no_grid=true", *sets, epochs=1))[0]
+    torch.manual_seed(seed)
+    return models.get(name)(point, dataset, "cpu"), point
+
+
+def one_batch(dataset: Dataset, size: int = 128, seed: int = 0):
+    """The first ``(users, pos, neg)`` batch of a freshly seeded sampler."""
+    torch.manual_seed(seed)
+    return next(iter(dataset.sampler(batch_size=size)))
+
+
+def with_features(dataset: Dataset, **features: np.ndarray) -> Dataset:
+    """``dataset`` with exactly these feature tables (bad-input tests)."""
+    return dataclasses.replace(dataset, features=features)
+
+
+def assert_loss_decreases(model, dataset: Dataset, steps: int = 8, lr: float = 0.01) -> None:
+    """``steps`` training steps on one batch: finite losses, the last below the first."""
+    opt = torch.optim.Adam(model.model_parameters(), lr=lr)
+    users, pos, neg = one_batch(dataset)
+    losses = [float(model.train_step(users, pos, neg, opt)) for _ in range(steps)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Graph and kNN caches of a test in its own folder (autouse where imported)."""
+    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(autouse=True)
