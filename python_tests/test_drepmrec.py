@@ -39,7 +39,12 @@ def test_shapes_and_registration(tiny, name, sets, width):
     if name != "FREEDOM+BMA":
         assert point["inter_weight"] == 1e-2 and point["s3_weight"] == 0.1
         assert point["learning_rate"] == 1e-3 and point["learning_rate_scheduler"] == [0.96, 50]
-        assert not any(p.requires_grad for p in model.modal.features.parameters())  # frozen x^m
+        assert not any(True for _ in model.modal.features.parameters())  # frozen x^m: buffers
+        assert not any(k.startswith("modal.features.") for k in model.state_dict())
+        legacy = dict(model.state_dict(), **{f"modal.features.{m}": torch.zeros(1)
+                                             for m in model.modalities})
+        model.load_state_dict(legacy)  # checkpoints that saved the frozen tables still load
+        assert model.modal.features["image"].abs().sum() > 0
     else:
         assert point["dropout"] == 0.8 and point["inter_weight"] == 1e-2  # FREEDOM's + BMA's
 

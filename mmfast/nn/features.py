@@ -14,10 +14,42 @@ def check_features(raw: Mapping[str, torch.Tensor], owner: str) -> None:
             raise ValueError(f"{owner}: the {m} features hold NaN or infinite values")
 
 
+class FeatureTables(nn.Module):
+    """One [n_items, d_m] table per modality, looked up as ``tables[m]``: parameters when
+    ``trainable``, else non-persistent buffers (not in ``state_dict``)."""
+
+    def __init__(self, raw: Mapping[str, torch.Tensor], *, trainable: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+        for m, t in raw.items():
+            table = t.detach().clone().float()
+            if trainable:
+                self.register_parameter(m, nn.Parameter(table))
+            else:
+                self.register_buffer(m, table, persistent=False)
+        self._names = list(raw)
+
+    def __getitem__(self, modality: str) -> torch.Tensor:
+        return getattr(self, modality)
+
+    def __contains__(self, modality: object) -> bool:
+        return modality in self._names
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not self.trainable:  # checkpoints from before 2026-12-02 saved frozen tables too
+            for m in self._names:
+                state_dict.pop(prefix + m, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class ModalityProjection(nn.Module):
     """e_i^m = W_m x_i^m + b_m for each modality m (FREEDOM Eq. (5), MGCN/AlignRec's
-    projection of raw features), with the raw tables x^m held as parameters that are
-    fine-tuned (``trainable=True``, as MMRec's FREEDOM does) or frozen.
+    projection of raw features), with the raw tables x^m fine-tuned (``trainable=True``, as
+    MMRec's FREEDOM does: parameters, saved in checkpoints) or frozen (buffers rebuilt from
+    the dataset, kept out of checkpoints: a 4096-d table is ~100 MB at Amazon scale).
 
     ``forward(m, rows)`` projects only the requested rows: the same values and gradients as
     projecting every item and indexing, at a fraction of the work.
@@ -30,9 +62,7 @@ class ModalityProjection(nn.Module):
         if not raw:
             raise ValueError("ModalityProjection: no modality features given")
         check_features(raw, "ModalityProjection")
-        self.features = nn.ParameterDict(
-            {m: nn.Parameter(t.detach().clone().float(), requires_grad=trainable)
-             for m, t in raw.items()})
+        self.features = FeatureTables(raw, trainable=trainable)
         self.projections = nn.ModuleDict(
             {m: nn.Linear(t.shape[1], out_dim) for m, t in raw.items()})
 
