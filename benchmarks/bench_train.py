@@ -1,5 +1,5 @@
-"""One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM, SEA and ALIGNREC at
-Amazon Baby scale, and SEA on the real TikTok set.
+"""One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM, DREPMREC, SEA and
+ALIGNREC at Amazon Baby scale, and SEA on the real TikTok set.
 
 The same model code on both backends (``mmfast.ops`` kernels vs their references), MMRec's
 batches (2048, fresh negatives) and Adam. Data: the real Baby training graph when
@@ -35,8 +35,9 @@ SHARED_DATA = Path(os.environ.get("MMFAST_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
 SINGLE = {"LightGCN": ["n_layers=2", "reg_weight=1e-4"], "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"],
-          "SEA": [], "SAND": [], "FREEDOM+SEA": [], "ALIGNREC": []}
-ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1, "ALIGNREC": 1}
+          "DREPMREC": [], "SEA": [], "SAND": [], "FREEDOM+SEA": [], "ALIGNREC": []}
+ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "DREPMREC": 1, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1,
+          "ALIGNREC": 1}
 SEA_CPU_IMAGE_DIM = 512
 
 
@@ -80,7 +81,7 @@ def make_trainer(model: str, backend: str, *extra: str, dataset: str = "baby", d
 
 
 @pytest.mark.parametrize("backend", ["mmfast", "torch"])
-@pytest.mark.parametrize("model", ["LightGCN", "FREEDOM"])
+@pytest.mark.parametrize("model", ["LightGCN", "FREEDOM", "DREPMREC"])
 def test_train_epoch(compare, model, backend):
     trainer = make_trainer(model, backend)
 
