@@ -99,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         parser.error(f"--import: {exc}")
     if args.list_models:
-        print("\n".join(models.available()))
+        for name in models.available():
+            also = models.aliases(name)
+            print(name + (f"  (also: {', '.join(also)})" if also else ""))
         return 0
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     try:

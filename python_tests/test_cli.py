@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import mmfast
-from mmfast import recommend, train
+from mmfast import models, recommend, train
 from mmfast.eval import Evaluator
 from mmfast.data import load_dataset
 from trainer_helpers import TINY, one_thread, private_cache  # noqa: F401 (autouse fixtures)
@@ -149,7 +149,9 @@ def test_show_config_and_list_models(capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["dropout"] == 0.9 and shown["knn_k"] == 10 and shown["model"] == "FREEDOM"
     assert train.main(["--list-models"]) == 0
-    assert {"FREEDOM", "LightGCN"} <= set(capsys.readouterr().out.split())
+    listed = capsys.readouterr().out.splitlines()
+    assert {"FREEDOM", "LightGCN"} <= set(listed) and "DREPMREC  (also: DREAM)" in listed
+    assert "DREAM" not in models.available() and models.aliases("DREPMREC") == ["DREAM"]
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):

@@ -1,6 +1,6 @@
 """Models by name. ``mmfast.models.get("FREEDOM")``; add one with ``@mmfast.models.register()``."""
 from mmfast.models.base import Recommender
-from mmfast.models.registry import UnknownModelError, available, canonical, get, register
+from mmfast.models.registry import UnknownModelError, aliases, available, canonical, get, register
 
 # Importing the modules registers the built-in models.
 from mmfast.models import lightgcn as _lightgcn  # noqa: E402,F401
@@ -18,6 +18,6 @@ from mmfast.models.freedom_sea import FREEDOMSEA  # noqa: E402
 from mmfast.models.lightgcn import LightGCN  # noqa: E402
 from mmfast.models.sea import SAND, SEA  # noqa: E402
 
-__all__ = ["ALIGNREC", "FREEDOM", "FREEDOMSEA", "LightGCN", "SAND", "SEA", "Recommender", "UnknownModelError", "available", "canonical", "get",
+__all__ = ["ALIGNREC", "DREPMREC", "FREEDOM", "FREEDOMBMA", "FREEDOMSEA", "LightGCN", "SAND", "SEA",
+           "Recommender", "UnknownModelError", "aliases", "available", "canonical", "get",
            "register"]
-__all__ += ["DREPMREC", "FREEDOMBMA"]

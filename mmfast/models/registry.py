@@ -54,4 +54,18 @@ def canonical(name: str) -> str:
 
 
 def available() -> list[str]:
-    return sorted(_MODELS)
+    """Each registered model once, under the name it was first registered as."""
+    return sorted(_primary_names().values())
+
+
+def aliases(name: str) -> list[str]:
+    """The other names the model ``name`` is registered under (``DREPMREC`` -> ``['DREAM']``)."""
+    cls = get(name)
+    return [k for k, v in _MODELS.items() if v is cls and k != _primary_names()[cls]]
+
+
+def _primary_names() -> dict[type[Recommender], str]:
+    first: dict[type[Recommender], str] = {}
+    for key, cls in _MODELS.items():  # dicts keep registration order
+        first.setdefault(cls, key)
+    return first
