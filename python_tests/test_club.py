@@ -298,7 +298,8 @@ def test_cuda_club_learn_matches_cpu(n, dims, dtype):
     o2 = torch.optim.Adam(q2.parameters(), lr=1e-3)
     got_cpu = club_learn(xs, ys, q1, o1, steps=50)
     got_gpu = club_learn([t.cuda() for t in xs], [t.cuda() for t in ys], q2, o2, steps=50)
-    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    # float32 sums in another order on each device, and 50 Adam steps carry the difference.
+    tol = {"rtol": 1e-3, "atol": 1e-4} if dtype == torch.float32 else {}
     torch.testing.assert_close(got_gpu.cpu(), got_cpu, **tol)
     for p1, p2 in zip(q1.parameters(), q2.parameters()):
         torch.testing.assert_close(p2.cpu(), p1, **tol)
@@ -321,3 +322,80 @@ def test_club_learn_matches_adam_loop_at_dataset_sizes(n):
     for p1, p2 in zip(q1.parameters(), q2.parameters()):
         torch.testing.assert_close(o1.state[p1]["exp_avg_sq"], o2.state[p2]["exp_avg_sq"],
                                    rtol=1e-9, atol=1e-15)
+
+
+# ------------------------------------------------------------------------ wide inputs
+@pytest.mark.parametrize("dims", [(4096, 8, 32), (2048, 8, 2048)])
+def test_club_learn_wide_inputs_match_adam_loop(dims):
+    """x_dim = 4096 (SEA's full image transform on Amazon; 2048 its generic half): widths
+    the CUDA kernel once refused (x, y and all parameters sat in shared memory)."""
+    dx, h, dy = dims
+    q = make_q(dx, dy, h, seed=dx)
+    x = randn(300, dx, seed=1, scale=0.05)
+    y = randn(300, dy, seed=2)
+    (q1, o1), (q2, o2) = twin(q, lr=1e-2)
+    got = club_learn([x], [y], q1, o1, steps=3)
+    want = ops.club_learn_reference([x], [y], q2, o2, steps=3)
+    torch.testing.assert_close(got, want)
+    assert_same_net(q1, q2)
+
+
+def test_club_cuda_kernel_owns_every_parameter_once():
+    """csrc/cuda/club.cu's index math, replayed on CPU: per tile, the b1, W2/b2 (by slices of
+    16 outputs) and W1 (by slices of 32 features) sums write each flat parameter exactly
+    once; the Adam phase's column slices of 32 cover the parameters and the loss once, and
+    its warps' interleave covers every block once per column."""
+    k_in, k_out = 32, 16
+    for dx, h, dy in [(4096, 8, 32), (5, 3, 63), (33, 1, 17), (64, 8, 64)]:
+        head = h * dx + h + dy * h + dy
+        b1, w2, b2 = h * dx, h * dx + h, h * dx + h + dy * h
+        hits = torch.zeros(2 * head, dtype=torch.int64)
+        for o0 in range(0, dy, k_out):
+            ow = min(k_out, dy - o0)
+            per_head = ow * (h + 1)
+            for i in range(2 * per_head):
+                hd, j = divmod(i, per_head)
+                if j < ow * h:
+                    param = hd * head + w2 + (o0 + j // h) * h + j % h
+                else:
+                    param = hd * head + b2 + o0 + (j - ow * h)
+                hits[param] += 1
+        for k in range(2 * h):
+            hits[(k // h) * head + b1 + k % h] += 1
+        for f0 in range(0, dx, k_in):
+            fw = min(k_in, dx - f0)
+            for i in range(2 * h * fw):
+                k, f = divmod(i, fw)
+                hits[(k // h) * head + (k % h) * dx + f0 + f] += 1
+        assert torch.equal(hits, torch.ones_like(hits)), (dx, h, dy)
+        stride = 2 * head + 1
+        for blocks, rows in [(1, 32), (132, 128), (221, 32), (7, 64)]:
+            seen = torch.zeros(stride, blocks, dtype=torch.int64)
+            for block in range(blocks):
+                for s0 in range(block * 32, stride, blocks * 32):
+                    for tid in range(rows):
+                        col = s0 + tid % 32
+                        if col < stride:
+                            for blk in range(tid // 32, blocks, rows // 32):
+                                seen[col, blk] += 1
+            assert torch.equal(seen, torch.ones_like(seen)), (blocks, rows)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [33, 3000])
+@pytest.mark.parametrize("dims", [(4096, 8, 32), (2048, 8, 2048), (4096, 8, 4096)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_club_learn_wide_matches_cpu(n, dims, dtype):
+    dx, h, dy = dims
+    q = make_q(dx, dy, h, seed=n, dtype=dtype)
+    x, y = randn(n, dx, seed=1, dtype=dtype, scale=0.05), randn(n, dy, seed=2, dtype=dtype)
+    (q1, o1), (q2, o2) = twin(q, lr=1e-3)
+    q2.cuda()
+    o2 = torch.optim.Adam(q2.parameters(), lr=1e-3)
+    got_cpu = club_learn([x], [y], q1, o1, steps=10)
+    got_gpu = club_learn([x.cuda()], [y.cuda()], q2, o2, steps=10)
+    tol = {"rtol": 1e-3, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(got_gpu.cpu(), got_cpu, **tol)
+    for p1, p2 in zip(q1.parameters(), q2.parameters()):
+        torch.testing.assert_close(p2.cpu(), p1, **tol)

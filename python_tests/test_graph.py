@@ -313,3 +313,18 @@ def test_cuda_deterministic_and_opcheck():
     small = random_graph(20, 20, seed=2).to("cuda")
     xs = torch.randn(20, 7, dtype=torch.float64, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.mmfast.propagate.default, (*_raw_args(small), xs, [0.5, 0.5]))
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_corrupt_csr_from_torch_ops_does_not_fault():
+    """Direct torch.ops callers own the CSR's validity; on CUDA a corrupt one (rows past nnz,
+    columns out of range) gives meaningless rows but no illegal memory access."""
+    rowptr = torch.tensor([0, 2, 9, 3], device="cuda")  # row 1 ends past nnz, row 2 falls
+    col = torch.tensor([0, 1_000_000, -7], dtype=torch.int32, device="cuda")
+    val = torch.ones(3, device="cuda")
+    x = torch.ones(3, 8, device="cuda")
+    out = torch.ops.mmfast.spmm(rowptr, col, val, rowptr, col, val, x)
+    torch.cuda.synchronize()  # an illegal access would surface here
+    assert out.shape == (3, 8)
+    assert torch.equal(out[0].cpu(), torch.ones(8))  # column 0 read, column 10^6 skipped

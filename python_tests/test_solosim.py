@@ -190,3 +190,100 @@ def test_solosim_float64_at_dataset_sizes(n):
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
     for got, want in zip(torch.autograd.grad(loss, (a, b)), torch.autograd.grad(ref, (a, b))):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-15)
+
+
+# ------------------------------------------------------------------------ any width
+@pytest.mark.parametrize("d", [384, 1000])
+def test_solosim_wide_rows_match_float64(d):
+    """Widths the CUDA kernel once refused (its backward kept 128 x d in shared memory)."""
+    a = randn(300, d, seed=d).requires_grad_()
+    b = (a.detach() + randn(300, d, seed=d + 1)).requires_grad_()
+    loss = solosim_loss(a, b, 0.2, symmetric=True)
+    ref = solosim_dense(a, b, 0.2, symmetric=True)
+    torch.testing.assert_close(loss, ref)
+    for got, want in zip(torch.autograd.grad(loss, (a, b)), torch.autograd.grad(ref, (a, b))):
+        torch.testing.assert_close(got, want)
+
+
+def simulated_cuda_solosim(a, b, scale, width, sms=132):
+    """csrc/cuda/solosim.cu's division of the work, run with dense float64 blocks: make_grid's
+    splits of the other side (grid.y), row blocks (grid.x), feature slices of the backward
+    (grid.z), tiles of 32 and the partial results combined as the driver does. Returns
+    (lse, P b, P^T a)."""
+    rows_per_block, tile, max_splits = 128, 32, 16
+    n, d = a.shape
+    cdiv = lambda x, y: (x + y - 1) // y  # noqa: E731
+
+    def make_grid(slices):
+        row_blocks, tiles = cdiv(n, rows_per_block), cdiv(n, tile)
+        want = cdiv(4 * sms, row_blocks * slices)
+        splits = max(1, min(want, tiles, max_splits))
+        per_split = cdiv(tiles, splits) * tile
+        return row_blocks, cdiv(n, per_split), per_split
+
+    row_blocks, splits, per_split = make_grid(1)
+    part_max = torch.full((splits, n), float("-inf"), dtype=a.dtype)
+    part_sum = torch.zeros(splits, n, dtype=a.dtype)
+    for y in range(splits):
+        k0, k1 = y * per_split, min(n, y * per_split + per_split)
+        for x in range(row_blocks):
+            r = slice(x * rows_per_block, min(n, (x + 1) * rows_per_block))
+            for t0 in range(k0, k1, tile):
+                s = a[r] @ b[t0:min(k1, t0 + tile)].T * scale
+                new_max = torch.maximum(part_max[y, r], s.max(1).values)
+                part_sum[y, r] = (part_sum[y, r] * torch.exp(part_max[y, r] - new_max)
+                                  + torch.exp(s - new_max[:, None]).sum(1))
+                part_max[y, r] = new_max
+    lse = torch.logsumexp(part_max + part_sum.log(), 0)
+
+    slices = cdiv(d, width)
+    row_blocks, splits, per_split = make_grid(slices)
+    outs = []
+    for own, other, lse_of_tile in ((a, b, False), (b, a, True)):
+        part = torch.zeros(splits, d, n, dtype=a.dtype)
+        for y in range(splits):
+            k0, k1 = y * per_split, min(n, y * per_split + per_split)
+            for x in range(row_blocks):
+                r = slice(x * rows_per_block, min(n, (x + 1) * rows_per_block))
+                for z in range(slices):
+                    f = slice(z * width, min(d, (z + 1) * width))
+                    for t0 in range(k0, k1, tile):
+                        t = slice(t0, min(k1, t0 + tile))
+                        s = own[r] @ other[t].T * scale
+                        p = torch.exp(s - (lse[t][None, :] if lse_of_tile else lse[r][:, None]))
+                        part[y, f, r] += (p @ other[t, f]).T
+        outs.append(part.sum(0).T)
+    return lse, outs[0], outs[1]
+
+
+@pytest.mark.parametrize("n, d, width, sms", [(1, 3, 64, 132), (300, 100, 64, 132),
+                                              (1000, 40, 16, 8), (257, 64, 64, 1)])
+def test_solosim_cuda_work_split_covers_everything(n, d, width, sms):
+    """The CUDA kernels' index math (splits, row blocks, feature slices, partial tiles),
+    checked on CPU against the dense formulas."""
+    a, b = randn(n, d, seed=n), randn(n, d, seed=n + 1)
+    scale = 5.0
+    lse, pa, pb = simulated_cuda_solosim(a, b, scale, width, sms)
+    s = a @ b.T * scale
+    torch.testing.assert_close(lse, torch.logsumexp(s, 1))
+    p = torch.exp(s - lse[:, None])
+    torch.testing.assert_close(pa, p @ b)
+    torch.testing.assert_close(pb, p.T @ a)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [33, 3000])
+@pytest.mark.parametrize("d", [384, 1000, 2048])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_solosim_wide_matches_cpu(n, d, dtype):
+    """No width limit on CUDA; fp32 sums in another order than the CPU: a tolerance."""
+    a, b = randn(n, d, seed=n + d, dtype=dtype), randn(n, d, seed=n + d + 1, dtype=dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    results = []
+    for device in ("cpu", "cuda"):
+        ad, bd = a.to(device).requires_grad_(), b.to(device).requires_grad_()
+        loss = solosim_loss(ad, bd, 0.2, symmetric=True)
+        results.append((loss, *torch.autograd.grad(loss, (ad, bd))))
+    for cpu, gpu in zip(*results):
+        torch.testing.assert_close(gpu.cpu(), cpu, **tol)

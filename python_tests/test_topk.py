@@ -29,6 +29,29 @@ def brute_topk(q: torch.Tensor, keys: torch.Tensor, k: int, rowptr=None, col=Non
             torch.tensor(indices, dtype=torch.int64).reshape(len(s), k))
 
 
+def assert_same_ranking(q, keys, ex, got, want):
+    """CUDA (got) against CPU (want) on float data, where the two devices sum in different
+    orders: the values agree within a tolerance, the padding is the same, and every returned
+    key is a distinct, non-excluded key whose float64 score is the value at its place (near
+    ties may swap keys, never break the contract)."""
+    gv, gi = got[0].cpu(), got[1].cpu()
+    wv, wi = want
+    tol = {"rtol": 1e-5, "atol": 1e-5} if q.dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(gv, wv, **tol)
+    assert torch.equal(gi == -1, wi == -1)
+    real = gi >= 0
+    scores = (q.double()[:, None, :] * keys.double()[gi.clamp(min=0)]).sum(-1)
+    torch.testing.assert_close(scores[real], wv.double()[real], **tol)
+    sorted_idx = gi.sort(1).values
+    assert not ((sorted_idx[:, 1:] == sorted_idx[:, :-1]) & (sorted_idx[:, 1:] >= 0)).any()
+    if ex is not None:
+        rowptr, col = ex[0], ex[1]
+        blocked = torch.zeros(q.shape[0], keys.shape[0], dtype=torch.bool)
+        rows = torch.repeat_interleave(torch.arange(q.shape[0]), rowptr[1:] - rowptr[:-1])
+        blocked[rows, col.long()] = True
+        assert not blocked.gather(1, gi.clamp(min=0))[real].any()
+
+
 def random_exclude(n_rows: int, n_keys: int, per_row: float, *, seed: int,
                    index_dtype=torch.int32, shuffle=True, duplicates=False):
     """A CSR of excluded ids per row: unsorted inside rows, optionally with repeats."""
@@ -326,8 +349,7 @@ def test_cuda_random_floats_padding_and_many_queries():
     ex = random_exclude(5000, 700, 100.0, seed=4)
     want = topk_scores(q, keys, 100, ex)
     got = topk_scores(q.cuda(), keys.cuda(), 100, (ex[0].cuda(), ex[1].cuda()))
-    assert torch.equal(got[1].cpu(), want[1])
-    torch.testing.assert_close(got[0].cpu(), want[0])
+    assert_same_ranking(q, keys, ex, got, want)
     few = topk_scores(q[:3].cuda(), keys[:5].cuda(), 8)  # k > keys: padding
     assert (few[1][:, 5:] == -1).all().item() and (few[0][:, 5:] == NEG_INF).all().item()
     empty = topk_scores(q[:0].cuda(), keys.cuda(), 8)
@@ -345,4 +367,60 @@ def test_cuda_few_queries_many_keys_split_across_blocks():
     for k in (1, 64, 1024):
         want = topk_scores(q, keys, k)
         got = topk_scores(q.cuda(), keys.cuda(), k)
-        assert torch.equal(got[1].cpu(), want[1])
+        assert_same_ranking(q, keys, None, got, want)
+
+
+# ------------------------------------------------------------------------ exclude cursor
+def simulated_cuda_cursor(col, begin, end, tile_begin, tile_end, tile=128, warp=32):
+    """csrc/cuda/topk.cu's per-query cursor over a sorted exclude row, replayed: per tile,
+    32-entry chunks from the cursor, each lane's entry passed when below the tile's end
+    (marked when inside it), the cursor advanced by the passed prefix, stopping at the first
+    chunk that reaches past. Returns the marked key ids per tile."""
+    marked = {}
+    c = begin
+    for t in range(tile_begin, tile_end):
+        k0 = t * tile
+        bits = set()
+        while c < end:
+            ids = [col[e] - k0 if e < end else tile for e in range(c, c + warp)]
+            below = [i < tile for i in ids]
+            bits.update(k0 + i for i, b in zip(ids, below) if b and i >= 0)
+            passed = sum(below)
+            assert below == [True] * passed + [False] * (warp - passed)  # a prefix: sorted row
+            c += passed
+            if passed != warp:
+                break
+        marked[t] = bits
+    return marked
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_cuda_exclude_cursor_marks_each_tile_exactly(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n_keys = int(torch.randint(1, 2000, (1,), generator=gen))
+    nnz = int(torch.randint(0, 300, (1,), generator=gen))
+    # Sorted, with repeats, and out-of-range ids at both ends (a corrupt raw CSR).
+    col = torch.randint(-5, n_keys + 300, (nnz,), generator=gen).sort().values.tolist()
+    n_tiles = (n_keys + 127) // 128
+    for tile_begin in range(0, n_tiles, max(1, n_tiles // 3)):  # a split's first tile
+        marked = simulated_cuda_cursor(col, 0, nnz, tile_begin, n_tiles)
+        for t, bits in marked.items():
+            assert bits == {c for c in col if t * 128 <= c < (t + 1) * 128}, (t, tile_begin)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [63, 64])  # scalar and 16-byte key loads
+@pytest.mark.parametrize("shuffle", [False, True])  # cursor and rescan paths
+def test_cuda_float_data_sorted_and_unsorted_exclude(dtype, d, shuffle):
+    gen = torch.Generator().manual_seed(d)
+    q = torch.randn(300, d, generator=gen, dtype=torch.float64).to(dtype)
+    keys = torch.randn(5000, d, generator=gen, dtype=torch.float64).to(dtype)
+    ex = random_exclude(300, 5000, 400.0, seed=d, shuffle=shuffle, duplicates=True)
+    want = topk_scores(q, keys, 50, ex)
+    got = topk_scores(q.cuda(), keys.cuda(), 50, (ex[0].cuda(), ex[1].cuda()))
+    assert_same_ranking(q, keys, ex, got, want)
+    graph = SparseGraph(ex[0], ex[1], torch.ones(ex[1].numel()), (300, 5000))
+    got = topk_scores(q.cuda(), keys.cuda(), 50, graph.to("cuda"))
+    assert_same_ranking(q, keys, ex, got, want)

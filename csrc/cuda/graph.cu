@@ -2,6 +2,9 @@
 // row; each lane holds VEC consecutive features and loads them as one vector (16 bytes for
 // float when d % 4 == 0, e.g. d = 64 -> 16 lanes x float4). The group loads GROUP
 // (col, val) pairs at once and broadcasts them by shuffles. No atomics: deterministic.
+// The CSR is not validated on the device (that would cost a device->host read per call): a
+// row's range is clamped to [0, nnz] and columns outside [0, n_cols) are skipped, so a corrupt
+// CSR from a direct torch.ops caller gives meaningless rows but never reads out of bounds.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,14 +29,15 @@ __global__ void __launch_bounds__(kThreads)
 spmm_csr_kernel(const int64_t* __restrict__ rowptr, const index_t* __restrict__ col,
                 const scalar_t* __restrict__ val, const scalar_t* __restrict__ x,
                 const scalar_t* __restrict__ addend, scalar_t* __restrict__ out, scalar_t alpha,
-                scalar_t beta, int64_t n_rows, int64_t d) {
+                scalar_t beta, int64_t n_rows, int64_t n_cols, int64_t nnz, int64_t d) {
   using V = Vec<scalar_t, VEC>;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / GROUP;
   if (row >= n_rows) return;  // a group shares its row, so groups leave whole
   const int lane = threadIdx.x % GROUP;
   const unsigned mask =
       GROUP == 32 ? 0xffffffffu : ((1u << GROUP) - 1u) << (threadIdx.x % 32 / GROUP * GROUP);
-  const int64_t begin = rowptr[row], end = rowptr[row + 1];
+  const int64_t begin = min(max(rowptr[row], int64_t(0)), nnz);
+  const int64_t end = min(max(rowptr[row + 1], begin), nnz);
 
   for (int64_t f0 = 0; f0 < d; f0 += GROUP * VEC) {
     const int64_t f = f0 + lane * VEC;
@@ -51,7 +55,8 @@ spmm_csr_kernel(const int64_t* __restrict__ rowptr, const index_t* __restrict__ 
       for (int k = 0; k < n; ++k) {
         const int64_t c = __shfl_sync(mask, my_col, k, GROUP);
         const scalar_t v = __shfl_sync(mask, my_val, k, GROUP);
-        if (active) {
+        // c is the same for the whole group: a skipped column is a uniform branch.
+        if (active && static_cast<uint64_t>(c) < static_cast<uint64_t>(n_cols)) {
           const V xv = *reinterpret_cast<const V*>(x + c * d + f);
 #pragma unroll
           for (int i = 0; i < VEC; ++i) acc[i] += v * xv.v[i];
@@ -85,7 +90,7 @@ void launch_with_vec(const Csr& g, const scalar_t* x, const scalar_t* addend, sc
   const scalar_t* val = g.val.data_ptr<scalar_t>();
 #define MMFAST_LAUNCH(G)                                                                  \
   spmm_csr_kernel<scalar_t, index_t, VEC, G><<<blocks, kThreads, 0, stream>>>(            \
-      rowptr, col, val, x, addend, out, alpha, beta, g.n_rows, d)
+      rowptr, col, val, x, addend, out, alpha, beta, g.n_rows, g.n_cols, g.col.numel(), d)
   switch (group) {
     case 4: MMFAST_LAUNCH(4); break;
     case 8: MMFAST_LAUNCH(8); break;

@@ -3,8 +3,12 @@
 // 1. score_select: a block of 8 warps owns 32 queries (4 per warp) and one contiguous range
 //    of key tiles (blockIdx.y splits the keys when there are too few query blocks to fill
 //    the GPU). Per tile of 128 keys it stages keys and queries through shared memory in
-//    32-wide slices of d and accumulates the 32 x 128 scores in registers (4 x 4 per lane,
-//    summed in d order, so a score does not depend on the tiling). Each warp then filters its
+//    32-wide slices of d (16-byte key loads when d and the pointer allow) and accumulates the
+//    32 x 128 scores in registers (4 x 4 per lane, summed in d order, so a score does not
+//    depend on the tiling). Excluded keys: a row whose exclude columns are sorted (SparseGraph
+//    and Interactions rows are) is walked once by a per-query cursor, tile by tile, as the CPU
+//    does; an unsorted row (a raw CSR may hold one) is rescanned for every tile, which is
+//    correct but costs n_tiles x nnz. Each warp then filters its
 //    queries' scores against the running k-th best: survivors are appended, in ascending key
 //    order, to a per-(query, split) candidate list of capacity 2k + 128 in global memory;
 //    when the next tile might not fit, the warp cuts the list to its k best by a radix select
@@ -61,6 +65,19 @@ __device__ __forceinline__ double from_order_key(unsigned long long key) {
       static_cast<long long>((key >> 63) ? (key & ~(1ull << 63)) : ~key));
 }
 
+// A 16-byte vector of scalar_t and its elements.
+template <typename scalar_t> struct Vec16;
+template <> struct Vec16<float> {
+  using type = float4;
+  __device__ static void unpack(const float4& x, float (&v)[4]) {
+    v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+  }
+};
+template <> struct Vec16<double> {
+  using type = double2;
+  __device__ static void unpack(const double2& x, double (&v)[2]) { v[0] = x.x; v[1] = x.y; }
+};
+
 __device__ __forceinline__ int warp_sum(int v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
@@ -116,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __restrict__ keys,
                     int64_t n_queries, int64_t n_keys, int64_t d, int k,
                     const int64_t* __restrict__ ex_rowptr, const index_t* __restrict__ ex_col,
-                    int64_t ex_nnz, int64_t tiles_per_split, int64_t n_tiles, int cap,
+                    int64_t ex_nnz, int64_t tiles_per_split, int64_t n_tiles, int cap, bool vec,
                     scalar_t* __restrict__ buf_val, int32_t* __restrict__ buf_idx,
                     int32_t* __restrict__ buf_count) {
   __shared__ scalar_t key_s[kSlice][kKeyTile + 1];  // transposed: lanes read along keys
@@ -133,11 +150,27 @@ score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __rest
   int count[kQueriesPerWarp];
   scalar_t threshold[kQueriesPerWarp];
   bool full[kQueriesPerWarp];
+  // The exclude row: [cursor, ex_end) not yet passed when `sorted`, else the whole row.
+  int64_t cursor[kQueriesPerWarp], ex_end[kQueriesPerWarp];
+  bool sorted[kQueriesPerWarp];
 #pragma unroll
   for (int r = 0; r < kQueriesPerWarp; ++r) {
     count[r] = 0;
     threshold[r] = neg_inf;
     full[r] = false;
+    cursor[r] = ex_end[r] = 0;
+    sorted[r] = true;
+    const int64_t q = q0 + warp * kQueriesPerWarp + r;
+    if (ex_rowptr != nullptr && q < n_queries) {  // uniform across the warp
+      // The CSR is not validated on the device (see topk.cpp): rows are clamped to [0, nnz]
+      // and ids outside a tile (out-of-range ones included) are skipped, so a corrupt one can
+      // give wrong results but never reads out of bounds.
+      cursor[r] = min(max(ex_rowptr[q], int64_t(0)), ex_nnz);
+      ex_end[r] = min(max(ex_rowptr[q + 1], cursor[r]), ex_nnz);
+      bool ok = true;
+      for (int64_t e = cursor[r] + lane; e + 1 < ex_end[r]; e += 32) ok &= ex_col[e] <= ex_col[e + 1];
+      sorted[r] = __all_sync(kFull, ok);
+    }
   }
   if (lane < kQueriesPerWarp * kKeysPerLane)
     excluded_s[warp][lane / kKeysPerLane][lane % kKeysPerLane] = 0u;
@@ -153,10 +186,30 @@ score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __rest
 
     for (int64_t f0 = 0; f0 < d; f0 += kSlice) {
       __syncthreads();  // everyone is done with the previous slice
-      for (int e = threadIdx.x; e < kKeyTile * kSlice; e += kThreads) {
-        const int j = e / kSlice, t = e % kSlice;
-        const int64_t key = k0 + j, f = f0 + t;
-        key_s[t][j] = (key < n_keys && f < d) ? keys[key * d + f] : scalar_t(0);
+      if (vec) {  // 16-byte loads: d % (16 / sizeof) == 0 and keys aligned (uniform)
+        constexpr int kVec = 16 / sizeof(scalar_t), kPerRow = kSlice / kVec;
+        using V = typename Vec16<scalar_t>::type;
+#pragma unroll
+        for (int i = 0; i < kKeyTile * kPerRow / kThreads; ++i) {
+          const int e = threadIdx.x + i * kThreads, j = e / kPerRow, t = e % kPerRow * kVec;
+          const int64_t key = k0 + j, f = f0 + t;
+          scalar_t v[kVec];
+          if (key < n_keys && f < d) {  // f < d and d % kVec == 0: the whole vector is in
+            const V x = *reinterpret_cast<const V*>(keys + key * d + f);
+            Vec16<scalar_t>::unpack(x, v);
+          } else {
+#pragma unroll
+            for (int u = 0; u < kVec; ++u) v[u] = scalar_t(0);
+          }
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) key_s[t + u][j] = v[u];
+        }
+      } else {
+        for (int e = threadIdx.x; e < kKeyTile * kSlice; e += kThreads) {
+          const int j = e / kSlice, t = e % kSlice;
+          const int64_t key = k0 + j, f = f0 + t;
+          key_s[t][j] = (key < n_keys && f < d) ? keys[key * d + f] : scalar_t(0);
+        }
       }
       for (int e = threadIdx.x; e < kQueryBlock * kSlice; e += kThreads) {
         const int r = e / kSlice, t = e % kSlice;
@@ -186,14 +239,25 @@ score_select_kernel(const scalar_t* __restrict__ queries, const scalar_t* __rest
       scalar_t* val = buf_val + slot * cap;
       int32_t* idx = buf_idx + slot * cap;
       if (ex_rowptr != nullptr) {  // mark this tile's excluded keys, one bit each
-        // The CSR is not validated on the device (see topk.cpp): rows are clamped to
-        // [0, nnz] and ids outside this tile (out-of-range ones included) are skipped, so a
-        // corrupt one can give wrong results but never reads out of bounds.
-        const int64_t e_begin = min(max(ex_rowptr[q], int64_t(0)), ex_nnz);
-        const int64_t e_end = min(max(ex_rowptr[q + 1], e_begin), ex_nnz);
-        for (int64_t e = e_begin + lane; e < e_end; e += 32) {
-          const int64_t id = static_cast<int64_t>(ex_col[e]) - k0;
-          if (id >= 0 && id < kKeyTile) atomicOr(&excluded_s[warp][r][id / 32], 1u << (id % 32));
+        if (sorted[r]) {
+          // Pass the entries below this tile's end (a prefix of each 32-entry chunk, the row
+          // being sorted), marking those inside it; stop at the first chunk that reaches past.
+          int64_t c = cursor[r];
+          while (c < ex_end[r]) {  // c is uniform across the warp
+            const int64_t e = c + lane;
+            const int64_t id = e < ex_end[r] ? static_cast<int64_t>(ex_col[e]) - k0 : kKeyTile;
+            const bool below = id < kKeyTile;
+            if (below && id >= 0) atomicOr(&excluded_s[warp][r][id / 32], 1u << (id % 32));
+            const unsigned passed = __ballot_sync(kFull, below);
+            c += __popc(passed);
+            if (passed != kFull) break;
+          }
+          cursor[r] = c;
+        } else {
+          for (int64_t e = cursor[r] + lane; e < ex_end[r]; e += 32) {
+            const int64_t id = static_cast<int64_t>(ex_col[e]) - k0;
+            if (id >= 0 && id < kKeyTile) atomicOr(&excluded_s[warp][r][id / 32], 1u << (id % 32));
+          }
         }
         __syncwarp();
       }
@@ -346,11 +410,23 @@ void topk_kernel_cuda(const TopkProblem& p, at::Tensor& values, at::Tensor& indi
           static_cast<int>(k), p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr,
           p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr,
           p.has_exclude ? p.ex_col.numel() : int64_t(0), tiles_per_split, n_tiles, cap,
+          d % (16 / sizeof(scalar_t)) == 0 &&
+              reinterpret_cast<uintptr_t>(p.keys.data_ptr()) % 16 == 0,
           buf_val.data_ptr<scalar_t>(), buf_idx.data_ptr<int32_t>(),
           buf_count.data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     const size_t smem = static_cast<size_t>(sort_size) * (sizeof(scalar_t) + sizeof(int32_t));
+    if (smem > 48 * 1024) {  // above the default limit (a larger kMaxMerge): opt in
+      int optin = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                            p.queries.device().index()));
+      TORCH_CHECK(smem <= static_cast<size_t>(optin), "topk_scores: the merge needs ", smem,
+                  " bytes of shared memory, the device allows ", optin, "; use a smaller k");
+      C10_CUDA_CHECK(cudaFuncSetAttribute(merge_sort_kernel<scalar_t>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    }
     merge_sort_kernel<scalar_t><<<static_cast<unsigned>(n_queries), kMergeThreads, smem, stream>>>(
         buf_val.data_ptr<scalar_t>(), buf_idx.data_ptr<int32_t>(), buf_count.data_ptr<int32_t>(),
         static_cast<int>(splits), cap, static_cast<int>(k), sort_size,

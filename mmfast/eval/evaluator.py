@@ -4,7 +4,9 @@ For each batch of users (MMRec's 4096 by default): the top max(ks) items by
 :func:`mmfast.ops.topk_scores` with the users' training items excluded (only training items,
 as MMRec masks them: when test is evaluated, validation items stay rankable), then
 :func:`mmfast.ops.rank_metrics` on the device. Metric sums are combined across batches and
-read back once.
+read back once, at the end: with embeddings, a batch reads nothing back from the device (its
+CSR sizes come from the host's row pointers, and rows gathered from the validated
+Interactions are not checked again).
 """
 from __future__ import annotations
 
@@ -136,33 +138,36 @@ class Evaluator:
                 if score_fn is None:
                     batch_dev = batch.to(device)
                     with _small_ops(device):
-                        exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
+                        exclude = self._gather(self.train, device, batch, batch_dev)
                     _, idx = topk_scores(user_emb[batch_dev], item_emb, k_max, exclude,
-                                         backend=self.backend)
+                                         backend=self.backend, validate=False)
                 else:
                     scores = score_fn(batch)
                     self._check_scores(scores, batch)
                     device = scores.device
                     batch_dev = batch.to(device)
                     with _small_ops(device):
-                        exclude = gather_rows(*self._rows_on(self.train, device), batch_dev)
-                    _, idx = topk_of_scores(scores, k_max, exclude)
+                        exclude = self._gather(self.train, device, batch, batch_dev)
+                    _, idx = topk_of_scores(scores, k_max, exclude, validate=False)
                 with _small_ops(device):
-                    held_out = gather_rows(*self._rows_on(truth, device), batch_dev)
+                    held_out = self._gather(truth, device, batch, batch_dev)
                     part = rank_metrics(idx, held_out, self.ks, self.metrics, reduction="sum")
                 for key, value in part.items():
                     sums[key] = sums[key] + value if key in sums else value
                 if return_topk:
                     lists.append(idx)
 
-        n_users = int(sums.pop("n_users")) if sums else 0
-        n_skipped = int(sums.pop("n_skipped")) if sums else 0
+        names = list(sums)
+        host = dict(zip(names, torch.stack([sums[n].double() for n in names]).tolist())) \
+            if names else {}  # the one device->host read of the evaluation
+        n_users = int(host.pop("n_users", 0))
+        n_skipped = int(host.pop("n_skipped", 0))
         self.last_counts = {"users": n_users, "skipped": n_skipped}
         result = {}
         for m in self.metrics:
             for k in self.ks:
                 key = f"{m}@{k}"
-                value = float(sums[key]) / n_users if n_users else float("nan")
+                value = host[key] / n_users if n_users else float("nan")
                 result[key] = round(value, self.decimals) if self.decimals is not None else value
         if return_topk:
             topk = torch.cat(lists) if lists else torch.empty(0, k_max, dtype=torch.int64)
@@ -189,6 +194,16 @@ class Evaluator:
                 f"items but train has {self.train.n_users} x {self.train.n_items}"
             )
         return truth
+
+    def _gather(self, part: Interactions, device: torch.device, batch: torch.Tensor,
+                batch_dev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows ``batch`` of ``part`` as a CSR on ``device``; its size is counted on the
+        host copy of the row pointers (``part.rowptr`` stays on the CPU), not read back."""
+        total = None
+        if part.rowptr.device.type == "cpu" and batch.device.type == "cpu":
+            rowptr, rows = part.rowptr.numpy(), batch.numpy()
+            total = int((rowptr[rows + 1] - rowptr[rows]).sum())
+        return gather_rows(*self._rows_on(part, device), batch_dev, total)
 
     def _rows_on(
         self, part: Interactions, device: torch.device

@@ -30,13 +30,16 @@ def expand_rows(rowptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
 
 
 def gather_rows(
-    rowptr: torch.Tensor, col: torch.Tensor, rows: torch.Tensor
+    rowptr: torch.Tensor, col: torch.Tensor, rows: torch.Tensor, total: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CSR made of rows ``rows`` (in that order) of the CSR (rowptr, col)."""
+    """The CSR made of rows ``rows`` (in that order) of the CSR (rowptr, col). Pass ``total``
+    (the entries of those rows) when it is known, e.g. from a host copy of ``rowptr``, to save
+    a device-to-host read."""
     start = rowptr[rows]
     counts = rowptr[rows + 1] - start
     out_rowptr = rowptr_from_counts(counts)
-    total = int(out_rowptr[-1])
+    if total is None:
+        total = int(out_rowptr[-1])
     # Entry e of output row r comes from start[r] + (e - out_rowptr[r]).
     shift = torch.repeat_interleave(start - out_rowptr[:-1], counts, output_size=total)
     return out_rowptr, col[shift + torch.arange(total, device=col.device)]
@@ -51,21 +54,26 @@ def check_csr_indices(
     col_holds: str = "col holds column indices",
 ) -> None:
     """The CSR structure itself: ``rowptr`` starts at 0, ends at nnz and never decreases, and
-    every ``col`` entry lies in [0, n_cols). Errors start with ``where``."""
+    every ``col`` entry lies in [0, n_cols). Errors start with ``where``. The facts are
+    gathered on the tensors' device and read back at once: one device-to-host read on a valid
+    CSR (the error paths read more)."""
     nnz = col.numel()
-    if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
+    ends = torch.stack([rowptr[0], rowptr[-1], (rowptr[1:] < rowptr[:-1]).any().long()])
+    if nnz:
+        ends = torch.cat([ends, torch.stack([col.min(), col.max()]).long()])
+    first, last, falling, *bounds = ends.tolist()
+    if first != 0 or last != nnz:
         raise ValueError(
             f"{where}: {rowptr_name} must start at 0 and end at nnz = {nnz}, got "
             f"{int(rowptr[0])} ... {int(rowptr[-1])}"
         )
-    falls = rowptr[1:] < rowptr[:-1]
-    if bool(falls.any()):
-        bad = int(falls.nonzero()[0])
+    if falling:
+        bad = int((rowptr[1:] < rowptr[:-1]).nonzero()[0])
         raise ValueError(
             f"{where}: {rowptr_name} must be non-decreasing (sorted CSR); rowptr[{bad + 1}] = "
             f"{int(rowptr[bad + 1])} < rowptr[{bad}] = {int(rowptr[bad])}"
         )
-    if nnz:
-        lo, hi = int(col.min()), int(col.max())
+    if bounds:
+        lo, hi = bounds
         if lo < 0 or hi >= n_cols:
             raise ValueError(f"{where}: {col_holds} outside [0, {n_cols}): min {lo}, max {hi}")

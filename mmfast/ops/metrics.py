@@ -135,8 +135,14 @@ def _hits(topk_indices: torch.Tensor, truth: Truth) -> tuple[torch.Tensor, torch
     device = topk_indices.device
     shift = 32  # key = user << 32 | item: item ids are below 2^31
     rows = expand_rows(rowptr, col.numel())
-    keys = torch.unique_consecutive(torch.sort((rows << shift) | col.long()).values)
-    n_truth = torch.bincount(keys >> shift, minlength=n_users)[:n_users]
+    # Sorted keys with repeats kept: fixed sizes, so nothing is read back to the host (no
+    # unique / bincount, whose output sizes depend on the data); a repeat counts once.
+    keys = torch.sort((rows << shift) | col.long()).values
+    first = torch.ones_like(keys, dtype=torch.int64)
+    if keys.numel() > 1:
+        first[1:] = (keys[1:] != keys[:-1]).long()
+    n_truth = torch.zeros(n_users, dtype=torch.int64, device=device).index_add_(
+        0, keys >> shift, first)
     idx = topk_indices.long()
     query = (torch.arange(n_users, device=device).unsqueeze(1) << shift) | idx.clamp(min=0)
     if keys.numel() == 0:

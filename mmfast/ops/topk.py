@@ -14,10 +14,13 @@ Contract, the same on CPU, CUDA and the pure-PyTorch reference:
 - not differentiable (evaluation and graph building only): the inputs are detached.
 
 The exclude CSR is validated once per call, here: a raw ``(rowptr, col)`` by
-:func:`check_csr_indices` (a few device->host reads on CUDA), a :class:`SparseGraph` not at all
-(it was validated when built, so that path reads nothing back from the device). The compiled
-op checks only dtypes and sizes; direct ``torch.ops.mmfast.topk_scores`` callers own the CSR's
-structure (its kernels stay in bounds on a corrupt one, see docs/ops.md).
+:func:`check_csr_indices` (one device->host read on CUDA), a :class:`SparseGraph` not at all
+(it was validated when built), nor a raw CSR passed with ``validate=False`` (the caller
+guarantees it, as the Evaluator does for rows gathered from a validated CSR): those paths read
+nothing back from the device. The compiled op checks only dtypes and sizes; direct
+``torch.ops.mmfast.topk_scores`` callers own the CSR's structure (its kernels stay in bounds on
+a corrupt one, see docs/ops.md). On CUDA, rows whose exclude columns are sorted (SparseGraph
+and Interactions rows are) are walked once; an unsorted row is rescanned per tile of keys.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def topk_scores(
     k: int,
     exclude: Exclude = None,
     backend: str | None = None,
+    *,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query row, the ``k`` largest ``<query, key>`` over ``keys`` rows.
 
@@ -51,11 +56,13 @@ def topk_scores(
 
     Returns ``(values, indices)``, both [n_queries, k]: values in the queries' dtype, indices
     int64, sorted by score (ties: smaller index first), padded with ``-inf`` / ``-1``.
+    ``validate=False`` skips the structural check of a raw CSR ``exclude`` (its one
+    device->host read); the caller then guarantees it.
     """
     _check_k(k)
     _check_dense(queries, keys)
     rowptr_col = _exclude_csr(exclude, queries.shape[0], keys.shape[0], queries.device,
-                              validate=True)
+                              validate=validate)
     queries, keys = queries.detach(), keys.detach()
     if resolve(backend) == "torch":
         return topk_scores_reference(queries, keys, k, rowptr_col)
@@ -78,7 +85,7 @@ def topk_scores_reference(
 
 
 def topk_of_scores(
-    scores: torch.Tensor, k: int, exclude: Exclude = None
+    scores: torch.Tensor, k: int, exclude: Exclude = None, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`topk_scores`'s contract applied to a given dense score matrix [n_rows, n_keys]
     (for models that do not score by inner product). ``scores`` is not modified."""
@@ -88,7 +95,7 @@ def topk_of_scores(
     if not scores.dtype.is_floating_point:
         raise TypeError(f"topk_of_scores: scores must be floating point, got {scores.dtype}")
     rowptr_col = _exclude_csr(exclude, scores.shape[0], scores.shape[1], scores.device,
-                              validate=True)
+                              validate=validate)
     return _topk_of_scores_(scores.detach().clone(), k, rowptr_col)
 
 
