@@ -5,8 +5,8 @@
 //    the GPU). Per tile of 128 keys it stages keys and queries through shared memory in
 //    32-wide slices of d (16-byte key loads when d and the pointer allow) and accumulates the
 //    32 x 128 scores in registers (4 x 4 per lane, summed in d order, so a score does not
-//    depend on the tiling). Excluded keys: a row whose exclude columns are sorted (SparseGraph
-//    and Interactions rows are) is walked once by a per-query cursor, tile by tile, as the CPU
+//    depend on the tiling). Excluded keys: a row whose exclude columns are sorted (those of
+//    SparseGraph.from_coo and of the dataset's splits are) is walked once by a per-query cursor, tile by tile, as the CPU
 //    does; an unsorted row (a raw CSR may hold one) is rescanned for every tile, which is
 //    correct but costs n_tiles x nnz. Each warp then filters its
 //    queries' scores against the running k-th best: survivors are appended, in ascending key

@@ -19,8 +19,8 @@ The exclude CSR is validated once per call, here: a raw ``(rowptr, col)`` by
 guarantees it, as the Evaluator does for rows gathered from a validated CSR): those paths read
 nothing back from the device. The compiled op checks only dtypes and sizes; direct
 ``torch.ops.mmfast.topk_scores`` callers own the CSR's structure (its kernels stay in bounds on
-a corrupt one, see docs/ops.md). On CUDA, rows whose exclude columns are sorted (SparseGraph
-and Interactions rows are) are walked once; an unsorted row is rescanned per tile of keys.
+a corrupt one, see docs/ops.md). On CUDA, rows whose exclude columns are sorted (those of
+``SparseGraph.from_coo`` and of the dataset's splits are) are walked once; an unsorted row is rescanned per tile of keys.
 """
 from __future__ import annotations
 
