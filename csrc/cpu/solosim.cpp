@@ -26,8 +26,8 @@
 #include <memory>
 #include <type_traits>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 #include "../bind.h"
@@ -37,7 +37,7 @@
 namespace mmfast {
 namespace {
 
-constexpr int64_t kRows = 32;   // rows of a per block
+constexpr int64_t kRows = 64;   // rows of a per block
 constexpr int64_t kCols = 128;  // rows of b per forward chunk (a multiple of kVT lanes' worth)
 constexpr int64_t kBCols = 64;  // rows of b per backward chunk (divides kCols)
 constexpr int64_t kParts = 8;   // fixed split of the backward's row blocks (grad_b partials)
@@ -94,52 +94,95 @@ MMFAST_INLINE T hsum(VecT<T, W> v) {
   }
 }
 
-// exp(x) for x <= kSlack (every caller's range: logits minus a shift at most kSlack below
-// them, or minus their row's lse). x = k ln2 + r, |r| <= ln2/2, exp(r) by a polynomial, 2^k
-// built in the exponent bits. Inputs below kLow (including -inf: padding) give exp(kLow), a
-// normal number that no sum here can see (every sum has a term >= 1, and padding rows and
-// columns multiply zero rows of a or b), so no denormal ever reaches the FPU.
+// The kernels work in base 2: a is packed as a * scale * log2(e), so each logit comes out as
+// log2 of its exponential and the lse shifts are converted once per row. 2^x for x <= kSlack
+// (every input is a logit minus a shift at most kSlack below it, or minus its row's lse):
+// x = k + r, |r| <= 1/2, 2^r by a polynomial, 2^k put in the exponent (vscalefps on AVX-512,
+// bit arithmetic otherwise). Inputs below kLow (including -inf: padding) give 0 on AVX-512
+// and 2^kLow, a normal number, elsewhere; either way far below anything a sum here can see
+// (each sum has a term >= 1; padding rows and columns multiply zero rows of a or b).
 template <typename T>
-struct ExpPoly;
+struct Exp2Poly;
 template <>
-struct ExpPoly<float> {
-  // Near-minimax degree 6 on [-ln2/2, ln2/2] with p(0) = 1: relative error 2e-8 (with the
-  // coefficients rounded to float), so the result is within about 1 ulp.
+struct Exp2Poly<float> {
+  // Near-minimax degree 6 on [-1/2, 1/2] with p(0) = 1: within 1.2 ulp in float arithmetic.
   static constexpr int kDegree = 6;
-  static constexpr float kCoef[kDegree + 1] = {1.0f,          1.0f,          0.49999994f,
-                                               0.16666432f,   0.041667998f,  0.008374153f,
-                                               0.0013843874f};
-  static constexpr float kLow = -86.0f, kMagic = 0x1.8p23f;
-  static constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  static constexpr float kCoef[kDegree + 1] = {
+      1.0f,           0.6931471825f,  0.24022647738f, 0.055503323674f,
+      0.00961843692f, 0.00133988750f, 0.000153533620f};
+  static constexpr float kLow = -125.0f, kMagic = 0x1.8p23f;
   typedef int32_t Word;
   static constexpr int kMantissa = 23, kBias = 127;
 };
 template <>
-struct ExpPoly<double> {
-  // Taylor degree 13: the remainder r^14/14! is below 0.1 ulp on |r| <= ln2/2.
+struct Exp2Poly<double> {
+  // Taylor degree 13 of exp(r ln2): the remainder is below 0.1 ulp on |r| <= 1/2.
   static constexpr int kDegree = 13;
+  static constexpr double kLn2 = 0.6931471805599453094;
   static constexpr double kCoef[kDegree + 1] = {
-      1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
-      1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
-  static constexpr double kLow = -700.0, kMagic = 0x1.8p52;
-  static constexpr double kLn2Hi = 0x1.62e42fee00000p-1, kLn2Lo = 0x1.a39ef35793c76p-33;
+      1.0,
+      kLn2,
+      kLn2 * kLn2 / 2,
+      kLn2 * kLn2 * kLn2 / 6,
+      kLn2 * kLn2 * kLn2 * kLn2 / 24,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 5040,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 40320,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 362880,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 3628800,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 39916800,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 /
+          479001600,
+      kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 /
+          6227020800};
+  static constexpr double kLow = -1020.0, kMagic = 0x1.8p52;
   typedef int64_t Word;
   static constexpr int kMantissa = 52, kBias = 1023;
 };
 
+template <typename V, typename T>
+MMFAST_INLINE V exp2_poly(V r) {
+  using E = Exp2Poly<T>;
+  V p = V{} + E::kCoef[E::kDegree];
+#pragma GCC unroll 16
+  for (int i = E::kDegree - 1; i >= 0; --i) p = p * r + E::kCoef[i];
+  return p;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MMFAST_HAVE_V4 1
+// Not always_inline: the AVX-512 kernels below are flattened, which inlines these there.
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+inline __m512 exp2_v4(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));  // 2^-150 scales to 0 (and -inf to -150)
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(exp2_poly<__m512, float>(_mm512_sub_ps(x, k)), k);
+}
+inline __m512d exp2_v4(__m512d x) {
+  x = _mm512_max_pd(x, _mm512_set1_pd(-1100.0));
+  const __m512d k = _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_pd(exp2_poly<__m512d, double>(_mm512_sub_pd(x, k)), k);
+}
+#pragma GCC pop_options
+#else
+#define MMFAST_HAVE_V4 0
+#endif
+
 template <typename T, int W>
-MMFAST_INLINE VecT<T, W> vexp(VecT<T, W> x) {
-  using E = ExpPoly<T>;
+MMFAST_INLINE VecT<T, W> vexp2(VecT<T, W> x) {
+#if MMFAST_HAVE_V4
+  if constexpr (W == 64) return exp2_v4(x);
+#endif
+  using E = Exp2Poly<T>;
   using V = VecT<T, W>;
   typedef typename E::Word Bits __attribute__((vector_size(W)));
   const V low = V{} + E::kLow;
   x = low > x ? low : x;
-  const V kd = x * T(1.4426950408889634) + E::kMagic;  // round(x / ln2), in the low bits
+  const V kd = x + E::kMagic;  // round(x), in the low mantissa bits
   const V k = kd - E::kMagic;
-  const V r = (x - k * E::kLn2Hi) - k * E::kLn2Lo;
-  V p = V{} + E::kCoef[E::kDegree];
-#pragma GCC unroll 16
-  for (int i = E::kDegree - 1; i >= 0; --i) p = p * r + E::kCoef[i];
+  const V p = exp2_poly<V, T>(x - k);
   const Bits two_k = (__builtin_bit_cast(Bits, kd) << E::kMantissa) +
                      (static_cast<typename E::Word>(E::kBias) << E::kMantissa);
   return p * __builtin_bit_cast(V, two_k);
@@ -150,7 +193,7 @@ MMFAST_INLINE VecT<T, W> vexp(VecT<T, W> x) {
 // denormal product, and each such FMA costs a microcode assist (the padding columns alone
 // made the backward 3x slower). Values that small cannot change any sum here.
 struct FlushDenormals {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
   unsigned saved = _mm_getcsr();
   FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ (bit 15) | DAZ (bit 6)
   ~FlushDenormals() { _mm_setcsr(saved); }
@@ -171,62 +214,67 @@ struct Buf {
 };
 
 // a and b in the layouts the tiles read, features zero-padded to dv (a multiple of kGV
-// vectors): as = a * scale and ar = a, [rows_pad, dv]; br = b, [cols_pad, dv]; bt = b^T by
-// chunks of kCols columns, [cols_pad / kCols, dv, kCols] (a chunk is contiguous: no cache-set
-// aliasing whatever n); bias [cols_pad]: 0, or -inf on padding columns so that they drop out of
-// every sum; shift [rows_pad]: each row's positive logit (the forward's first shift).
+// vectors): as = a * scale * log2(e) and ar = a, [rows_pad, dv]; br = b, [cols_pad, dv]; bt =
+// b^T by chunks of kCols columns, [cols_pad / kCols, dv, kCols] (a chunk is contiguous: no
+// cache-set aliasing whatever n); bias [cols_pad]: 0, or -inf on padding columns so that they
+// drop out of every sum; pos [rows_pad]: each row's positive logit (base 2), the forward's
+// first shift.
 template <typename T>
 struct Packed {
   int64_t n, d, dv, rows_pad, cols_pad;
-  Buf<T> as, ar, br, bt, bias, shift;
+  Buf<T> as, ar, br, bt, bias, pos;
 
   Packed(const at::Tensor& at_a, const at::Tensor& at_b, double scale, int64_t lanes)
       : n(at_a.size(0)), d(at_a.size(1)), dv(round_up(d, kGV * lanes)),
         rows_pad(round_up(n, kRows)), cols_pad(round_up(n, kCols)), as(rows_pad * dv),
         ar(rows_pad * dv), br(cols_pad * dv), bt(dv * cols_pad), bias(cols_pad),
-        shift(rows_pad) {
+        pos(rows_pad) {
     const T* pa = at_a.data_ptr<T>();
     const T* pb = at_b.data_ptr<T>();
+    const double scale2 = scale * 1.4426950408889634074;
     T* a_s = as.get();
     T* a_r = ar.get();
     T* b_r = br.get();
     T* b_t = bt.get();
     for (int64_t i = 0; i < n; ++i) {
-      T pos = 0;
+      T dot = 0;
       for (int64_t f = 0; f < d; ++f) {
         const T x = pa[i * d + f], y = pb[i * d + f];
         a_r[i * dv + f] = x;
-        a_s[i * dv + f] = static_cast<T>(x * scale);
+        a_s[i * dv + f] = static_cast<T>(x * scale2);
         b_r[i * dv + f] = y;
         b_t[(i / kCols * dv + f) * kCols + i % kCols] = y;
-        pos += a_s[i * dv + f] * y;
+        dot += a_s[i * dv + f] * y;
       }
-      shift.get()[i] = pos;
+      pos.get()[i] = dot;
     }
     std::fill(bias.get() + n, bias.get() + cols_pad, -std::numeric_limits<T>::infinity());
   }
   int64_t blocks() const { return rows_pad / kRows; }
 };
 
-// acc[rr][v] = logits of rows r + rr against columns c + v * L + [0, L).
+// out[rr * ld + [0, kVT L)] = logits (base 2) of rows r + rr against columns c + [0, kVT L),
+// minus shift[rr], for rr < kRT. The accumulators go to memory (L1) rather than straight into
+// the exp: with the exp's constants live too, the tile would not fit in the vector registers.
 template <typename T, int W>
-MMFAST_INLINE void logit_tile(const Packed<T>& pk, int64_t r, int64_t c,
-                              VecT<T, W> (&acc)[kRT][kVT]) {
+MMFAST_INLINE void logit_tile(const Packed<T>& pk, int64_t r, int64_t c, const T* shift, T* out,
+                              int64_t ld) {
   using V = VecT<T, W>;
   constexpr int L = W / sizeof(T);
-  const int64_t dv = pk.dv, cp = kCols;
+  const int64_t dv = pk.dv;
   const T* a = pk.as.get() + r * dv;
   const T* bt = pk.bt.get() + c / kCols * dv * kCols + c % kCols;
+  V acc[kRT][kVT];
 #pragma GCC unroll 4
   for (int v = 0; v < kVT; ++v) {
     const V cb = vload<T, W>(pk.bias.get() + c + v * L);
 #pragma GCC unroll 4
-    for (int rr = 0; rr < kRT; ++rr) acc[rr][v] = cb;
+    for (int rr = 0; rr < kRT; ++rr) acc[rr][v] = cb - shift[rr];
   }
   for (int64_t f = 0; f < dv; ++f) {
     V x[kVT];
 #pragma GCC unroll 4
-    for (int v = 0; v < kVT; ++v) x[v] = vload<T, W>(bt + f * cp + v * L);
+    for (int v = 0; v < kVT; ++v) x[v] = vload<T, W>(bt + f * kCols + v * L);
 #pragma GCC unroll 4
     for (int rr = 0; rr < kRT; ++rr) {
       const T w = a[rr * dv + f];
@@ -234,71 +282,71 @@ MMFAST_INLINE void logit_tile(const Packed<T>& pk, int64_t r, int64_t c,
       for (int v = 0; v < kVT; ++v) acc[rr][v] += w * x[v];
     }
   }
+#pragma GCC unroll 4
+  for (int rr = 0; rr < kRT; ++rr) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVT; ++v) vstore<T, W>(out + rr * ld + v * L, acc[rr][v]);
+  }
 }
 
-// lse of rows [r0, r0 + kRows).
+// lse of rows [r0, r0 + kRows). s: scratch [kRT, kCols].
 template <typename T, int W>
-MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* lse) {
+MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* lse) {
   using V = VecT<T, W>;
   using acc_t = at::acc_type<T, false>;
   constexpr int L = W / sizeof(T);
-  constexpr T kSlack = 16;  // exp(16) * n stays far from overflow
-  T m[kRows];
-  acc_t total[kRows];
+  constexpr T kSlack = 16;  // 2^16 n stays far from overflow
+  T m[kRows];               // shifts, base 2
+  acc_t total[kRows];       // sum of 2^(logit - m)
   for (int64_t i = 0; i < kRows; ++i) {
-    m[i] = pk.shift.get()[r0 + i];
+    m[i] = pk.pos.get()[r0 + i];
     total[i] = 0;
   }
   for (int64_t c0 = 0; c0 < pk.cols_pad; c0 += kCols) {
     for (int64_t i0 = 0; i0 < kRows; i0 += kRT) {
-      V sum[kRT], top[kRT];
       for (;;) {
-        V shift[kRT];
-#pragma GCC unroll 4
-        for (int rr = 0; rr < kRT; ++rr) {
-          shift[rr] = V{} + m[i0 + rr];
-          sum[rr] = V{};
-          top[rr] = V{} - std::numeric_limits<T>::infinity();
-        }
-        for (int64_t c = c0; c < c0 + kCols; c += kVT * L) {
-          V acc[kRT][kVT];
-          logit_tile<T, W>(pk, r0 + i0, c, acc);
-#pragma GCC unroll 4
-          for (int rr = 0; rr < kRT; ++rr) {
-#pragma GCC unroll 4
-            for (int v = 0; v < kVT; ++v) {
-              const V x = acc[rr][v] - shift[rr];
-              top[rr] = vmax<T, W>(top[rr], x);
-              sum[rr] += vexp<T, W>(x);
-            }
-          }
-        }
-        // Some logit above its row's shift + kSlack: raise the shift, redo the chunk.
+        for (int64_t c = 0; c < kCols; c += kVT * L)
+          logit_tile<T, W>(pk, r0 + i0, c0 + c, m + i0, s + c, kCols);
+        T sums[kRT];
         bool redo = false;
         for (int rr = 0; rr < kRT; ++rr) {
-          const T t = hmax<T, W>(top[rr]);
+          const T* row = s + rr * kCols;
+          V sum = {}, top = V{} - std::numeric_limits<T>::infinity();
+#pragma GCC unroll 8
+          for (int64_t c = 0; c < kCols; c += L) {
+            const V x = vload<T, W>(row + c);
+            top = vmax<T, W>(top, x);
+            sum += vexp2<T, W>(x);
+          }
+          sums[rr] = hsum<T, W>(sum);
+          // A logit above its row's shift + kSlack: raise the shift, redo the chunk.
+          const T t = hmax<T, W>(top);
           if (t > kSlack) {
             const T raised = m[i0 + rr] + t;
-            total[i0 + rr] *= std::exp(static_cast<acc_t>(m[i0 + rr]) - raised);
+            total[i0 + rr] *= std::exp2(static_cast<acc_t>(m[i0 + rr]) - raised);
             m[i0 + rr] = raised;
             redo = true;
           }
         }
-        if (!redo) break;
+        if (redo) continue;
+        for (int rr = 0; rr < kRT; ++rr) total[i0 + rr] += sums[rr];
+        break;
       }
-      for (int rr = 0; rr < kRT; ++rr) total[i0 + rr] += hsum<T, W>(sum[rr]);
     }
   }
-  for (int64_t i = 0; i < kRows; ++i) lse[i] = static_cast<T>(m[i] + std::log(total[i]));
+  constexpr acc_t kLn2 = 0.6931471805599453094;
+  for (int64_t i = 0; i < kRows; ++i)
+    lse[i] = static_cast<T>(m[i] * kLn2 + std::log(total[i]));
 }
 
 // The row blocks [blk_begin, blk_end) of one part, chunk by chunk of kBCols columns, so that
 // the chunk's b (both layouts) and its grad_b accumulators stay in L1 while the part's rows pass.
 // ga [rows_pad, dv]: grad_a (this part's rows added to); gb [cols_pad, dv]: the part's grad_b
-// partial (written). lse [rows_pad]: +inf on padding rows. p: scratch [kRows, kBCols].
+// partial (written). shift [rows_pad]: lse in base 2, +inf on padding rows. p: scratch
+// [kRows, kBCols].
 template <typename T, int W>
 MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                                      const T* lse, T* p, T* ga, T* gb) {
+                                      const T* shift, T* p, T* ga, T* gb) {
   using V = VecT<T, W>;
   constexpr int L = W / sizeof(T);
   const int64_t dv = pk.dv;
@@ -307,22 +355,13 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
     std::memset(gbc, 0, kBCols * dv * sizeof(T));
     const T* b = pk.br.get() + c0 * dv;
     for (int64_t r0 = blk_begin * kRows; r0 < blk_end * kRows; r0 += kRows) {
-      // P = exp(logit - lse) of the tile.
+      // P = 2^(logit - lse) of the tile.
       for (int64_t i0 = 0; i0 < kRows; i0 += kRT) {
-        V shift[kRT];
-#pragma GCC unroll 4
-        for (int rr = 0; rr < kRT; ++rr) shift[rr] = V{} + lse[r0 + i0 + rr];
-        for (int64_t c = 0; c < kBCols; c += kVT * L) {
-          V acc[kRT][kVT];
-          logit_tile<T, W>(pk, r0 + i0, c0 + c, acc);
-#pragma GCC unroll 4
-          for (int rr = 0; rr < kRT; ++rr) {
-#pragma GCC unroll 4
-            for (int v = 0; v < kVT; ++v)
-              vstore<T, W>(p + (i0 + rr) * kBCols + c + v * L, vexp<T, W>(acc[rr][v] - shift[rr]));
-          }
-        }
+        for (int64_t c = 0; c < kBCols; c += kVT * L)
+          logit_tile<T, W>(pk, r0 + i0, c0 + c, shift + r0 + i0, p + i0 * kBCols + c, kBCols);
       }
+#pragma GCC unroll 4
+      for (int64_t k = 0; k < kRows * kBCols; k += L) vstore<T, W>(p + k, vexp2<T, W>(vload<T, W>(p + k)));
       // ga[i] += sum_j P_ij b_j.
       T* gar = ga + r0 * dv;
       for (int64_t i0 = 0; i0 < kRows; i0 += kGR) {
@@ -383,54 +422,51 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
   }
 }
 
-// The compiled variants: 64-byte vectors on x86-64-v4, 32-byte ones cloned per level otherwise.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MMFAST_HAVE_V4 1
+// The compiled variants: 64-byte vectors on x86-64-v4 (flattened, so that the AVX-512 exp is
+// inlined), 32-byte ones cloned per level otherwise.
+#if MMFAST_HAVE_V4
 template <typename T>
-__attribute__((target("arch=x86-64-v4"))) void forward_block_v4(const Packed<T>& pk, int64_t r0,
-                                                                T* lse) {
-  forward_block_impl<T, 64>(pk, r0, lse);
+__attribute__((target("arch=x86-64-v4"), flatten)) void forward_block_v4(const Packed<T>& pk,
+                                                                         int64_t r0, T* s, T* lse) {
+  forward_block_impl<T, 64>(pk, r0, s, lse);
 }
 template <typename T>
-__attribute__((target("arch=x86-64-v4"))) void backward_part_v4(const Packed<T>& pk,
-                                                                int64_t blk_begin,
-                                                                int64_t blk_end, const T* lse,
-                                                                T* p, T* ga, T* gb) {
-  backward_part_impl<T, 64>(pk, blk_begin, blk_end, lse, p, ga, gb);
+__attribute__((target("arch=x86-64-v4"), flatten)) void backward_part_v4(
+    const Packed<T>& pk, int64_t blk_begin, int64_t blk_end, const T* shift, T* p, T* ga, T* gb) {
+  backward_part_impl<T, 64>(pk, blk_begin, blk_end, shift, p, ga, gb);
 }
 bool use_v4() {
   static const bool yes = __builtin_cpu_supports("x86-64-v4");
   return yes;
 }
 #else
-#define MMFAST_HAVE_V4 0
 bool use_v4() { return false; }
 #endif
 
 template <typename T>
-MMFAST_SIMD_CLONES void forward_block_v3(const Packed<T>& pk, int64_t r0, T* lse) {
-  forward_block_impl<T, 32>(pk, r0, lse);
+MMFAST_SIMD_CLONES void forward_block_v3(const Packed<T>& pk, int64_t r0, T* s, T* lse) {
+  forward_block_impl<T, 32>(pk, r0, s, lse);
 }
 template <typename T>
 MMFAST_SIMD_CLONES void backward_part_v3(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                                         const T* lse, T* p, T* ga, T* gb) {
-  backward_part_impl<T, 32>(pk, blk_begin, blk_end, lse, p, ga, gb);
+                                         const T* shift, T* p, T* ga, T* gb) {
+  backward_part_impl<T, 32>(pk, blk_begin, blk_end, shift, p, ga, gb);
 }
 
 template <typename T>
-void forward_block(bool v4, const Packed<T>& pk, int64_t r0, T* lse) {
+void forward_block(bool v4, const Packed<T>& pk, int64_t r0, T* s, T* lse) {
 #if MMFAST_HAVE_V4
-  if (v4) return forward_block_v4<T>(pk, r0, lse);
+  if (v4) return forward_block_v4<T>(pk, r0, s, lse);
 #endif
-  forward_block_v3<T>(pk, r0, lse);
+  forward_block_v3<T>(pk, r0, s, lse);
 }
 template <typename T>
-void backward_part(bool v4, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end, const T* lse,
-                   T* p, T* ga, T* gb) {
+void backward_part(bool v4, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
+                   const T* shift, T* p, T* ga, T* gb) {
 #if MMFAST_HAVE_V4
-  if (v4) return backward_part_v4<T>(pk, blk_begin, blk_end, lse, p, ga, gb);
+  if (v4) return backward_part_v4<T>(pk, blk_begin, blk_end, shift, p, ga, gb);
 #endif
-  backward_part_v3<T>(pk, blk_begin, blk_end, lse, p, ga, gb);
+  backward_part_v3<T>(pk, blk_begin, blk_end, shift, p, ga, gb);
 }
 
 int64_t lanes_for(bool v4, int64_t size) { return (v4 ? 64 : 32) / size; }
@@ -443,8 +479,9 @@ void solosim_forward_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
     Buf<scalar_t> out(pk.rows_pad);
     at::parallel_for(0, pk.blocks(), 1, [&](int64_t blk_begin, int64_t blk_end) {
       const FlushDenormals ftz;
+      Buf<scalar_t> s(kRT * kCols);
       for (int64_t blk = blk_begin; blk < blk_end; ++blk)
-        forward_block<scalar_t>(v4, pk, blk * kRows, out.get() + blk * kRows);
+        forward_block<scalar_t>(v4, pk, blk * kRows, s.get(), out.get() + blk * kRows);
     });
     std::copy_n(out.get(), pk.n, lse.data_ptr<scalar_t>());
   });
@@ -457,9 +494,11 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
     const bool v4 = use_v4();
     const Packed<scalar_t> pk(a, b, scale, lanes_for(v4, sizeof(scalar_t)));
     const int64_t n = pk.n, d = pk.d, dv = pk.dv, blocks = pk.blocks();
-    Buf<scalar_t> lse_pad(pk.rows_pad);
-    std::copy_n(lse.data_ptr<scalar_t>(), n, lse_pad.get());
-    std::fill(lse_pad.get() + n, lse_pad.get() + pk.rows_pad,
+    Buf<scalar_t> shift(pk.rows_pad);  // lse in base 2, +inf on padding rows (P = 0)
+    const scalar_t* plse = lse.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i)
+      shift.get()[i] = static_cast<scalar_t>(plse[i] * acc_t(1.4426950408889634074));
+    std::fill(shift.get() + n, shift.get() + pk.rows_pad,
               std::numeric_limits<scalar_t>::infinity());
     Buf<scalar_t> ga(pk.rows_pad * dv);
     // grad_b sums over every row block: each part keeps its own partial, added in part order.
@@ -474,7 +513,7 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
       Buf<scalar_t> p(kRows * kBCols);
       for (int64_t part = part_begin; part < part_end; ++part) {
         backward_part<scalar_t>(v4, pk, part * blocks / parts, (part + 1) * blocks / parts,
-                                lse_pad.get(), p.get(), ga.get(), gb.get() + part * part_size);
+                                shift.get(), p.get(), ga.get(), gb.get() + part * part_size);
       }
     });
     scalar_t* out_a = pa.data_ptr<scalar_t>();
