@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -40,7 +41,8 @@ namespace {
 constexpr int64_t kRows = 64;   // rows of a per block
 constexpr int64_t kCols = 128;  // rows of b per forward chunk (a multiple of kVT lanes' worth)
 constexpr int64_t kBCols = 64;  // rows of b per backward chunk (divides kCols)
-constexpr int64_t kParts = 8;   // fixed split of the backward's row blocks (grad_b partials)
+constexpr int64_t kRowParts = 8;  // the backward's fixed grid of parts: row ranges (one grad_b
+constexpr int64_t kColParts = 4;  // partial each) x column ranges (one grad_a partial each)
 constexpr int kRT = 4;          // logit register tile: kRT rows x kVT vectors of columns
 constexpr int kVT = 4;
 constexpr int kGR = 8;          // gradient register tile: kGR rows x kGV vectors of features
@@ -204,11 +206,11 @@ struct FlushDenormals {
 template <typename T>
 struct Buf {
   std::unique_ptr<T, void (*)(void*)> p;
-  explicit Buf(int64_t n)
+  explicit Buf(int64_t n, bool zero = true)
       : p(static_cast<T*>(std::aligned_alloc(64, round_up(std::max<int64_t>(n, 1) * sizeof(T), 64))),
           &std::free) {
     TORCH_CHECK(p, "solosim: out of memory");
-    std::memset(p.get(), 0, n * sizeof(T));
+    if (zero) std::memset(p.get(), 0, n * sizeof(T));
   }
   T* get() const { return p.get(); }
 };
@@ -295,7 +297,7 @@ MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* 
   using V = VecT<T, W>;
   using acc_t = at::acc_type<T, false>;
   constexpr int L = W / sizeof(T);
-  constexpr T kSlack = 16;  // 2^16 n stays far from overflow
+  constexpr int kSlack = 16;  // 2^16 n stays far from overflow
   T m[kRows];               // shifts, base 2
   acc_t total[kRows];       // sum of 2^(logit - m)
   for (int64_t i = 0; i < kRows; ++i) {
@@ -311,18 +313,16 @@ MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* 
         bool redo = false;
         for (int rr = 0; rr < kRT; ++rr) {
           const T* row = s + rr * kCols;
-          V sum = {}, top = V{} - std::numeric_limits<T>::infinity();
+          V sum = {};
 #pragma GCC unroll 8
-          for (int64_t c = 0; c < kCols; c += L) {
-            const V x = vload<T, W>(row + c);
-            top = vmax<T, W>(top, x);
-            sum += vexp2<T, W>(x);
-          }
+          for (int64_t c = 0; c < kCols; c += L) sum += vexp2<T, W>(vload<T, W>(row + c));
           sums[rr] = hsum<T, W>(sum);
-          // A logit above its row's shift + kSlack: raise the shift, redo the chunk.
-          const T t = hmax<T, W>(top);
-          if (t > kSlack) {
-            const T raised = m[i0 + rr] + t;
+          // A sum above 2^kSlack (or inf, or from a logit above its shift + kSlack): raise the
+          // shift to the chunk's largest logit (at least kSlack - log2(kCols) above it), redo.
+          if (sums[rr] > T(1 << kSlack)) {
+            V top = V{} - std::numeric_limits<T>::infinity();
+            for (int64_t c = 0; c < kCols; c += L) top = vmax<T, W>(top, vload<T, W>(row + c));
+            const T raised = m[i0 + rr] + hmax<T, W>(top);
             total[i0 + rr] *= std::exp2(static_cast<acc_t>(m[i0 + rr]) - raised);
             m[i0 + rr] = raised;
             redo = true;
@@ -339,18 +339,21 @@ MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* 
     lse[i] = static_cast<T>(m[i] * kLn2 + std::log(total[i]));
 }
 
-// The row blocks [blk_begin, blk_end) of one part, chunk by chunk of kBCols columns, so that
-// the chunk's b (both layouts) and its grad_b accumulators stay in L1 while the part's rows pass.
-// ga [rows_pad, dv]: grad_a (this part's rows added to); gb [cols_pad, dv]: the part's grad_b
-// partial (written). shift [rows_pad]: lse in base 2, +inf on padding rows. p: scratch
-// [kRows, kBCols].
+// One part of the backward: the row blocks [blk_begin, blk_end) against the columns
+// [col_begin, col_end), chunk by chunk of kBCols columns, so that the chunk's b (both layouts)
+// and its grad_b accumulators stay in L1 while the part's rows pass. ga [rows_pad, dv]: the
+// grad_a partial of this column range (this part's rows written); gb [cols_pad, dv]: the grad_b
+// partial of this row range (this part's columns written). shift [rows_pad]: lse in base 2,
+// +inf on padding rows. p: scratch [kRows, kBCols].
 template <typename T, int W>
 MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                                      const T* shift, T* p, T* ga, T* gb) {
+                                      int64_t col_begin, int64_t col_end, const T* shift, T* p,
+                                      T* ga, T* gb) {
   using V = VecT<T, W>;
   constexpr int L = W / sizeof(T);
   const int64_t dv = pk.dv;
-  for (int64_t c0 = 0; c0 < pk.cols_pad; c0 += kBCols) {
+  std::memset(ga + blk_begin * kRows * dv, 0, (blk_end - blk_begin) * kRows * dv * sizeof(T));
+  for (int64_t c0 = col_begin; c0 < col_end; c0 += kBCols) {
     T* gbc = gb + c0 * dv;
     std::memset(gbc, 0, kBCols * dv * sizeof(T));
     const T* b = pk.br.get() + c0 * dv;
@@ -432,8 +435,9 @@ __attribute__((target("arch=x86-64-v4"), flatten)) void forward_block_v4(const P
 }
 template <typename T>
 __attribute__((target("arch=x86-64-v4"), flatten)) void backward_part_v4(
-    const Packed<T>& pk, int64_t blk_begin, int64_t blk_end, const T* shift, T* p, T* ga, T* gb) {
-  backward_part_impl<T, 64>(pk, blk_begin, blk_end, shift, p, ga, gb);
+    const Packed<T>& pk, int64_t blk_begin, int64_t blk_end, int64_t col_begin, int64_t col_end,
+    const T* shift, T* p, T* ga, T* gb) {
+  backward_part_impl<T, 64>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 }
 bool use_v4() {
   static const bool yes = __builtin_cpu_supports("x86-64-v4");
@@ -449,8 +453,9 @@ MMFAST_SIMD_CLONES void forward_block_v3(const Packed<T>& pk, int64_t r0, T* s, 
 }
 template <typename T>
 MMFAST_SIMD_CLONES void backward_part_v3(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                                         const T* shift, T* p, T* ga, T* gb) {
-  backward_part_impl<T, 32>(pk, blk_begin, blk_end, shift, p, ga, gb);
+                                         int64_t col_begin, int64_t col_end, const T* shift, T* p,
+                                         T* ga, T* gb) {
+  backward_part_impl<T, 32>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 }
 
 template <typename T>
@@ -462,14 +467,26 @@ void forward_block(bool v4, const Packed<T>& pk, int64_t r0, T* s, T* lse) {
 }
 template <typename T>
 void backward_part(bool v4, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                   const T* shift, T* p, T* ga, T* gb) {
+                   int64_t col_begin, int64_t col_end, const T* shift, T* p, T* ga, T* gb) {
 #if MMFAST_HAVE_V4
-  if (v4) return backward_part_v4<T>(pk, blk_begin, blk_end, shift, p, ga, gb);
+  if (v4) return backward_part_v4<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 #endif
-  backward_part_v3<T>(pk, blk_begin, blk_end, shift, p, ga, gb);
+  backward_part_v3<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 }
 
 int64_t lanes_for(bool v4, int64_t size) { return (v4 ? 64 : 32) / size; }
+
+// Runs work(item) for item in [0, items) on the torch threads, each thread taking the next
+// item when done with its last: a thread slowed down (a shared core) takes fewer. Results do
+// not depend on which thread runs an item.
+template <typename F>
+void for_each_item(int64_t items, const F& work) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    const FlushDenormals ftz;
+    for (int64_t item; (item = next.fetch_add(1)) < items;) work(item);
+  });
+}
 
 void solosim_forward_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
                          at::Tensor& lse) {
@@ -477,11 +494,9 @@ void solosim_forward_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
     const bool v4 = use_v4();
     const Packed<scalar_t> pk(a, b, scale, lanes_for(v4, sizeof(scalar_t)));
     Buf<scalar_t> out(pk.rows_pad);
-    at::parallel_for(0, pk.blocks(), 1, [&](int64_t blk_begin, int64_t blk_end) {
-      const FlushDenormals ftz;
-      Buf<scalar_t> s(kRT * kCols);
-      for (int64_t blk = blk_begin; blk < blk_end; ++blk)
-        forward_block<scalar_t>(v4, pk, blk * kRows, s.get(), out.get() + blk * kRows);
+    for_each_item(pk.blocks(), [&](int64_t blk) {
+      alignas(64) scalar_t s[kRT * kCols];
+      forward_block<scalar_t>(v4, pk, blk * kRows, s, out.get() + blk * kRows);
     });
     std::copy_n(out.get(), pk.n, lse.data_ptr<scalar_t>());
   });
@@ -500,31 +515,31 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
       shift.get()[i] = static_cast<scalar_t>(plse[i] * acc_t(1.4426950408889634074));
     std::fill(shift.get() + n, shift.get() + pk.rows_pad,
               std::numeric_limits<scalar_t>::infinity());
-    Buf<scalar_t> ga(pk.rows_pad * dv);
-    // grad_b sums over every row block: each part keeps its own partial, added in part order.
-    const int64_t parts = std::min<int64_t>(blocks, kParts);
-    const int64_t part_size = pk.cols_pad * dv;
-    std::unique_ptr<scalar_t, void (*)(void*)> gb(
-        static_cast<scalar_t*>(std::aligned_alloc(64, parts * part_size * sizeof(scalar_t))),
-        &std::free);
-    TORCH_CHECK(gb, "solosim_backward: out of memory");
-    at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      const FlushDenormals ftz;
-      Buf<scalar_t> p(kRows * kBCols);
-      for (int64_t part = part_begin; part < part_end; ++part) {
-        backward_part<scalar_t>(v4, pk, part * blocks / parts, (part + 1) * blocks / parts,
-                                shift.get(), p.get(), ga.get(), gb.get() + part * part_size);
-      }
+    // A fixed grid of parts (whatever the thread count): each row range keeps a grad_b partial,
+    // each column range a grad_a partial; the partials are added in order.
+    const int64_t chunks = pk.cols_pad / kBCols;
+    const int64_t row_parts = std::min<int64_t>(blocks, kRowParts);
+    const int64_t col_parts = std::min<int64_t>(chunks, kColParts);
+    const int64_t part_size = pk.cols_pad * dv;  // >= rows_pad * dv
+    Buf<scalar_t> ga(col_parts * part_size, /*zero=*/false);
+    Buf<scalar_t> gb(row_parts * part_size, /*zero=*/false);
+    for_each_item(row_parts * col_parts, [&](int64_t item) {
+      const int64_t r = item / col_parts, c = item % col_parts;
+      alignas(64) scalar_t p[kRows * kBCols];
+      backward_part<scalar_t>(v4, pk, r * blocks / row_parts, (r + 1) * blocks / row_parts,
+                              c * chunks / col_parts * kBCols, (c + 1) * chunks / col_parts * kBCols,
+                              shift.get(), p, ga.get() + c * part_size, gb.get() + r * part_size);
     });
     scalar_t* out_a = pa.data_ptr<scalar_t>();
     scalar_t* out_b = pb.data_ptr<scalar_t>();
     at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         for (int64_t f = 0; f < d; ++f) {
-          out_a[i * d + f] = ga.get()[i * dv + f];
-          acc_t s = 0;
-          for (int64_t part = 0; part < parts; ++part) s += gb.get()[part * part_size + i * dv + f];
-          out_b[i * d + f] = static_cast<scalar_t>(s);
+          acc_t sa = 0, sb = 0;
+          for (int64_t c = 0; c < col_parts; ++c) sa += ga.get()[c * part_size + i * dv + f];
+          for (int64_t r = 0; r < row_parts; ++r) sb += gb.get()[r * part_size + i * dv + f];
+          out_a[i * d + f] = static_cast<scalar_t>(sa);
+          out_b[i * d + f] = static_cast<scalar_t>(sb);
         }
       }
     });
