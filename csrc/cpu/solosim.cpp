@@ -1,18 +1,21 @@
-// CPU kernels of SoloSim. The work is a grid of tiles, kRows rows of a by kCols rows (columns)
-// of b. Each tile's logits come from a register-tiled GEMM over the features with b's rows as
-// the SIMD dimension (b packed feature-major once per call).
-// - Forward: the logits never leave the registers. Each row keeps a shift m (its positive
-//   logit at first) and a sum of exp(logit - m); a chunk whose logits exceed m by more than
-//   kSlack is redone with m raised to its maximum (rare: the shift is not a running max, so
-//   the common case needs no rescaling, only one max per vector to check the slack).
-// - Backward: each tile's probabilities P = exp(logit - lse) are written to a small buffer
-//   (L1/L2), then both gradient products read them as broadcasts, the features being the SIMD
-//   dimension: grad_a[i] += sum_j P_ij b_j and grad_b[j] += sum_i P_ij a_i, each a register
-//   tile of accumulators (no horizontal sums). grad_b sums over all row blocks: the blocks are
-//   split into a fixed number of parts (not threads), each with its own partial sum, added in
-//   part order, so results are the same whatever the thread count.
-// The hot functions exist twice: with 64-byte vectors for x86-64-v4 (AVX-512), and with
-// 32-byte vectors cloned for x86-64-v3 and baseline; the choice is made once from the CPU.
+// CPU kernels of SoloSim. The work is a grid of tiles: kRows rows of a by a chunk of rows
+// ("columns") of b. Logits come from register-tiled GEMMs over the features with b's rows as
+// the SIMD dimension (b packed feature-major by chunks once per call), in base 2 (log2 e is
+// folded into a's scale), into a small buffer in L1, shifted by their row's shift on the way.
+// - Forward: each row keeps a shift m (its positive logit at first, not a running max) and a
+//   sum of 2^(logit - m). A chunk whose sum passes 2^kSlack (a logit well above m) is redone
+//   with m raised to the chunk's maximum: rare, so the common case costs one exp2 and one add
+//   per logit and no rescaling.
+// - Backward: each tile's probabilities P = 2^(logit - lse) are written to the buffer, then
+//   both gradient products read them as broadcasts, the features being the SIMD dimension:
+//   grad_a[i] += sum_j P_ij b_j and grad_b[j] += sum_i P_ij a_i, each a register tile of
+//   accumulators (no horizontal sums). The tiles form a fixed grid of parts (row ranges x
+//   column ranges, whatever the thread count); each row range keeps a grad_b partial and each
+//   column range a grad_a partial, added in order at the end: results are the same bits on
+//   any number of threads. Threads take parts as they finish the previous one.
+// The hot functions exist per vector width: 64 bytes for x86-64-v4 (AVX-512, exp2 by
+// vscalefps), 32 for x86-64-v3 (AVX2 + FMA), 16 otherwise; chosen once from the CPU.
+// Denormals are flushed inside the kernels (see FlushDenormals).
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -43,9 +46,12 @@ constexpr int64_t kCols = 128;  // rows of b per forward chunk (a multiple of kV
 constexpr int64_t kBCols = 64;  // rows of b per backward chunk (divides kCols)
 constexpr int64_t kRowParts = 8;  // the backward's fixed grid of parts: row ranges (one grad_b
 constexpr int64_t kColParts = 4;  // partial each) x column ranges (one grad_a partial each)
-constexpr int kRT = 4;          // logit register tile: kRT rows x kVT vectors of columns
-constexpr int kVT = 4;
-constexpr int kGR = 8;          // gradient register tile: kGR rows x kGV vectors of features
+// Register tiles, sized for 32 vector registers with 64-byte vectors (AVX-512), 16 otherwise.
+constexpr int kRT = 4;  // logit tile: kRT rows x kVT vectors of columns
+template <int W>
+constexpr int kVT = W == 64 ? 4 : 2;
+template <int W>
+constexpr int kGR = W == 64 ? 8 : 4;  // gradient tile: kGR rows x kGV vectors of features
 constexpr int kGV = 2;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -97,12 +103,13 @@ MMFAST_INLINE T hsum(VecT<T, W> v) {
 }
 
 // The kernels work in base 2: a is packed as a * scale * log2(e), so each logit comes out as
-// log2 of its exponential and the lse shifts are converted once per row. 2^x for x <= kSlack
-// (every input is a logit minus a shift at most kSlack below it, or minus its row's lse):
-// x = k + r, |r| <= 1/2, 2^r by a polynomial, 2^k put in the exponent (vscalefps on AVX-512,
-// bit arithmetic otherwise). Inputs below kLow (including -inf: padding) give 0 on AVX-512
-// and 2^kLow, a normal number, elsewhere; either way far below anything a sum here can see
-// (each sum has a term >= 1; padding rows and columns multiply zero rows of a or b).
+// log2 of its exponential and the lse shifts are converted once per row. 2^x: x = k + r,
+// |r| <= 1/2, 2^r by a polynomial, 2^k put in the exponent (vscalefps on AVX-512; bit
+// arithmetic otherwise, x clamped to [kLow, kHigh]). Inputs are logits minus a shift: at most
+// kSlack above it in the forward (larger ones trip its check: a sum above 2^kSlack, inf on
+// AVX-512), below 0 in the backward. Inputs below kLow (including -inf: padding) give 0 on
+// AVX-512 and 2^kLow, a normal number, elsewhere; either way far below anything a sum here can
+// see (each sum has a term >= 1; padding rows and columns multiply zero rows of a or b).
 template <typename T>
 struct Exp2Poly;
 template <>
@@ -112,7 +119,7 @@ struct Exp2Poly<float> {
   static constexpr float kCoef[kDegree + 1] = {
       1.0f,           0.6931471825f,  0.24022647738f, 0.055503323674f,
       0.00961843692f, 0.00133988750f, 0.000153533620f};
-  static constexpr float kLow = -125.0f, kMagic = 0x1.8p23f;
+  static constexpr float kLow = -125.0f, kHigh = 64.0f, kMagic = 0x1.8p23f;
   typedef int32_t Word;
   static constexpr int kMantissa = 23, kBias = 127;
 };
@@ -138,7 +145,7 @@ struct Exp2Poly<double> {
           479001600,
       kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 /
           6227020800};
-  static constexpr double kLow = -1020.0, kMagic = 0x1.8p52;
+  static constexpr double kLow = -1020.0, kHigh = 512.0, kMagic = 0x1.8p52;
   typedef int64_t Word;
   static constexpr int kMantissa = 52, kBias = 1023;
 };
@@ -180,8 +187,9 @@ MMFAST_INLINE VecT<T, W> vexp2(VecT<T, W> x) {
   using E = Exp2Poly<T>;
   using V = VecT<T, W>;
   typedef typename E::Word Bits __attribute__((vector_size(W)));
-  const V low = V{} + E::kLow;
+  const V low = V{} + E::kLow, high = V{} + E::kHigh;
   x = low > x ? low : x;
+  x = x > high ? high : x;  // finite, yet enough to trip the forward's slack check
   const V kd = x + E::kMagic;  // round(x), in the low mantissa bits
   const V k = kd - E::kMagic;
   const V p = exp2_poly<V, T>(x - k);
@@ -255,7 +263,7 @@ struct Packed {
   int64_t blocks() const { return rows_pad / kRows; }
 };
 
-// out[rr * ld + [0, kVT L)] = logits (base 2) of rows r + rr against columns c + [0, kVT L),
+// out[rr * ld + [0, kVT<W> L)] = logits (base 2) of rows r + rr against columns c + [0, kVT<W> L),
 // minus shift[rr], for rr < kRT. The accumulators go to memory (L1) rather than straight into
 // the exp: with the exp's constants live too, the tile would not fit in the vector registers.
 template <typename T, int W>
@@ -266,28 +274,28 @@ MMFAST_INLINE void logit_tile(const Packed<T>& pk, int64_t r, int64_t c, const T
   const int64_t dv = pk.dv;
   const T* a = pk.as.get() + r * dv;
   const T* bt = pk.bt.get() + c / kCols * dv * kCols + c % kCols;
-  V acc[kRT][kVT];
+  V acc[kRT][kVT<W>];
 #pragma GCC unroll 4
-  for (int v = 0; v < kVT; ++v) {
+  for (int v = 0; v < kVT<W>; ++v) {
     const V cb = vload<T, W>(pk.bias.get() + c + v * L);
 #pragma GCC unroll 4
     for (int rr = 0; rr < kRT; ++rr) acc[rr][v] = cb - shift[rr];
   }
   for (int64_t f = 0; f < dv; ++f) {
-    V x[kVT];
+    V x[kVT<W>];
 #pragma GCC unroll 4
-    for (int v = 0; v < kVT; ++v) x[v] = vload<T, W>(bt + f * kCols + v * L);
+    for (int v = 0; v < kVT<W>; ++v) x[v] = vload<T, W>(bt + f * kCols + v * L);
 #pragma GCC unroll 4
     for (int rr = 0; rr < kRT; ++rr) {
       const T w = a[rr * dv + f];
 #pragma GCC unroll 4
-      for (int v = 0; v < kVT; ++v) acc[rr][v] += w * x[v];
+      for (int v = 0; v < kVT<W>; ++v) acc[rr][v] += w * x[v];
     }
   }
 #pragma GCC unroll 4
   for (int rr = 0; rr < kRT; ++rr) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVT; ++v) vstore<T, W>(out + rr * ld + v * L, acc[rr][v]);
+    for (int v = 0; v < kVT<W>; ++v) vstore<T, W>(out + rr * ld + v * L, acc[rr][v]);
   }
 }
 
@@ -307,7 +315,7 @@ MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* 
   for (int64_t c0 = 0; c0 < pk.cols_pad; c0 += kCols) {
     for (int64_t i0 = 0; i0 < kRows; i0 += kRT) {
       for (;;) {
-        for (int64_t c = 0; c < kCols; c += kVT * L)
+        for (int64_t c = 0; c < kCols; c += kVT<W> * L)
           logit_tile<T, W>(pk, r0 + i0, c0 + c, m + i0, s + c, kCols);
         T sums[kRT];
         bool redo = false;
@@ -360,18 +368,18 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
     for (int64_t r0 = blk_begin * kRows; r0 < blk_end * kRows; r0 += kRows) {
       // P = 2^(logit - lse) of the tile.
       for (int64_t i0 = 0; i0 < kRows; i0 += kRT) {
-        for (int64_t c = 0; c < kBCols; c += kVT * L)
+        for (int64_t c = 0; c < kBCols; c += kVT<W> * L)
           logit_tile<T, W>(pk, r0 + i0, c0 + c, shift + r0 + i0, p + i0 * kBCols + c, kBCols);
       }
 #pragma GCC unroll 4
       for (int64_t k = 0; k < kRows * kBCols; k += L) vstore<T, W>(p + k, vexp2<T, W>(vload<T, W>(p + k)));
       // ga[i] += sum_j P_ij b_j.
       T* gar = ga + r0 * dv;
-      for (int64_t i0 = 0; i0 < kRows; i0 += kGR) {
+      for (int64_t i0 = 0; i0 < kRows; i0 += kGR<W>) {
         for (int64_t f = 0; f < dv; f += kGV * L) {
-          V acc[kGR][kGV];
+          V acc[kGR<W>][kGV];
 #pragma GCC unroll 8
-          for (int rr = 0; rr < kGR; ++rr) {
+          for (int rr = 0; rr < kGR<W>; ++rr) {
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) acc[rr][g] = vload<T, W>(gar + (i0 + rr) * dv + f + g * L);
           }
@@ -380,14 +388,14 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) x[g] = vload<T, W>(b + j * dv + f + g * L);
 #pragma GCC unroll 8
-            for (int rr = 0; rr < kGR; ++rr) {
+            for (int rr = 0; rr < kGR<W>; ++rr) {
               const T w = p[(i0 + rr) * kBCols + j];
 #pragma GCC unroll 2
               for (int g = 0; g < kGV; ++g) acc[rr][g] += w * x[g];
             }
           }
 #pragma GCC unroll 8
-          for (int rr = 0; rr < kGR; ++rr) {
+          for (int rr = 0; rr < kGR<W>; ++rr) {
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) vstore<T, W>(gar + (i0 + rr) * dv + f + g * L, acc[rr][g]);
           }
@@ -395,11 +403,11 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
       }
       // gb[j] += sum_i P_ij a_i.
       const T* a = pk.ar.get() + r0 * dv;
-      for (int64_t j0 = 0; j0 < kBCols; j0 += kGR) {
+      for (int64_t j0 = 0; j0 < kBCols; j0 += kGR<W>) {
         for (int64_t f = 0; f < dv; f += kGV * L) {
-          V acc[kGR][kGV];
+          V acc[kGR<W>][kGV];
 #pragma GCC unroll 8
-          for (int jj = 0; jj < kGR; ++jj) {
+          for (int jj = 0; jj < kGR<W>; ++jj) {
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) acc[jj][g] = vload<T, W>(gbc + (j0 + jj) * dv + f + g * L);
           }
@@ -408,14 +416,14 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) x[g] = vload<T, W>(a + i * dv + f + g * L);
 #pragma GCC unroll 8
-            for (int jj = 0; jj < kGR; ++jj) {
+            for (int jj = 0; jj < kGR<W>; ++jj) {
               const T w = p[i * kBCols + j0 + jj];
 #pragma GCC unroll 2
               for (int g = 0; g < kGV; ++g) acc[jj][g] += w * x[g];
             }
           }
 #pragma GCC unroll 8
-          for (int jj = 0; jj < kGR; ++jj) {
+          for (int jj = 0; jj < kGR<W>; ++jj) {
 #pragma GCC unroll 2
             for (int g = 0; g < kGV; ++g) vstore<T, W>(gbc + (j0 + jj) * dv + f + g * L, acc[jj][g]);
           }
@@ -425,56 +433,75 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
   }
 }
 
-// The compiled variants: 64-byte vectors on x86-64-v4 (flattened, so that the AVX-512 exp is
-// inlined), 32-byte ones cloned per level otherwise.
+// The compiled variants, by vector width: 64 bytes on x86-64-v4 (flattened, so that the
+// AVX-512 exp is inlined), 32 on x86-64-v3 (AVX2 + FMA), 16 otherwise (SSE2, NEON: wider
+// generic vectors would be split through the stack there). Chosen once from the CPU.
+template <typename T, int W>
+MMFAST_INLINE void forward_block_w(const Packed<T>& pk, int64_t r0, T* s, T* lse) {
+  forward_block_impl<T, W>(pk, r0, s, lse);
+}
+template <typename T, int W>
+MMFAST_INLINE void backward_part_w(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
+                                   int64_t col_begin, int64_t col_end, const T* shift, T* p,
+                                   T* ga, T* gb) {
+  backward_part_impl<T, W>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
+}
 #if MMFAST_HAVE_V4
+#define MMFAST_SOLOSIM_VARIANT(W, ATTR)                                                         \
+  template <typename T>                                                                       \
+  ATTR void forward_block_##W(const Packed<T>& pk, int64_t r0, T* s, T* lse) {                \
+    forward_block_w<T, W>(pk, r0, s, lse);                                                     \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  ATTR void backward_part_##W(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,        \
+                              int64_t col_begin, int64_t col_end, const T* shift, T* p, T* ga, \
+                              T* gb) {                                                        \
+    backward_part_w<T, W>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);       \
+  }
+MMFAST_SOLOSIM_VARIANT(64, __attribute__((target("arch=x86-64-v4"), flatten)))
+MMFAST_SOLOSIM_VARIANT(32, __attribute__((target("arch=x86-64-v3"))))
+MMFAST_SOLOSIM_VARIANT(16, )
+#undef MMFAST_SOLOSIM_VARIANT
+
+// MMFAST_SOLOSIM_VECTOR_BYTES=32 or 16 picks a narrower variant than the CPU allows (tests of
+// the fallbacks on an AVX-512 machine); a wider one than the CPU supports is ignored.
+int vector_bytes() {
+  static const int bytes = [] {
+    const int best = __builtin_cpu_supports("x86-64-v4")   ? 64
+                     : __builtin_cpu_supports("x86-64-v3") ? 32
+                                                           : 16;
+    const char* env = std::getenv("MMFAST_SOLOSIM_VECTOR_BYTES");
+    const int want = env ? std::atoi(env) : best;
+    return (want == 16 || want == 32 || want == 64) && want <= best ? want : best;
+  }();
+  return bytes;
+}
+
 template <typename T>
-__attribute__((target("arch=x86-64-v4"), flatten)) void forward_block_v4(const Packed<T>& pk,
-                                                                         int64_t r0, T* s, T* lse) {
-  forward_block_impl<T, 64>(pk, r0, s, lse);
+void forward_block(int w, const Packed<T>& pk, int64_t r0, T* s, T* lse) {
+  if (w == 64) return forward_block_64<T>(pk, r0, s, lse);
+  if (w == 32) return forward_block_32<T>(pk, r0, s, lse);
+  forward_block_16<T>(pk, r0, s, lse);
 }
 template <typename T>
-__attribute__((target("arch=x86-64-v4"), flatten)) void backward_part_v4(
-    const Packed<T>& pk, int64_t blk_begin, int64_t blk_end, int64_t col_begin, int64_t col_end,
-    const T* shift, T* p, T* ga, T* gb) {
-  backward_part_impl<T, 64>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
-}
-bool use_v4() {
-  static const bool yes = __builtin_cpu_supports("x86-64-v4");
-  return yes;
+void backward_part(int w, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
+                   int64_t col_begin, int64_t col_end, const T* shift, T* p, T* ga, T* gb) {
+  if (w == 64) return backward_part_64<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
+  if (w == 32) return backward_part_32<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
+  backward_part_16<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 }
 #else
-bool use_v4() { return false; }
-#endif
-
+int vector_bytes() { return 16; }
 template <typename T>
-MMFAST_SIMD_CLONES void forward_block_v3(const Packed<T>& pk, int64_t r0, T* s, T* lse) {
-  forward_block_impl<T, 32>(pk, r0, s, lse);
+void forward_block(int, const Packed<T>& pk, int64_t r0, T* s, T* lse) {
+  forward_block_w<T, 16>(pk, r0, s, lse);
 }
 template <typename T>
-MMFAST_SIMD_CLONES void backward_part_v3(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
-                                         int64_t col_begin, int64_t col_end, const T* shift, T* p,
-                                         T* ga, T* gb) {
-  backward_part_impl<T, 32>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
-}
-
-template <typename T>
-void forward_block(bool v4, const Packed<T>& pk, int64_t r0, T* s, T* lse) {
-#if MMFAST_HAVE_V4
-  if (v4) return forward_block_v4<T>(pk, r0, s, lse);
-#endif
-  forward_block_v3<T>(pk, r0, s, lse);
-}
-template <typename T>
-void backward_part(bool v4, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
+void backward_part(int, const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
                    int64_t col_begin, int64_t col_end, const T* shift, T* p, T* ga, T* gb) {
-#if MMFAST_HAVE_V4
-  if (v4) return backward_part_v4<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
-#endif
-  backward_part_v3<T>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
+  backward_part_w<T, 16>(pk, blk_begin, blk_end, col_begin, col_end, shift, p, ga, gb);
 }
-
-int64_t lanes_for(bool v4, int64_t size) { return (v4 ? 64 : 32) / size; }
+#endif
 
 // Runs work(item) for item in [0, items) on the torch threads, each thread taking the next
 // item when done with its last: a thread slowed down (a shared core) takes fewer. Results do
@@ -491,12 +518,12 @@ void for_each_item(int64_t items, const F& work) {
 void solosim_forward_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
                          at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mmfast_solosim_cpu", [&] {
-    const bool v4 = use_v4();
-    const Packed<scalar_t> pk(a, b, scale, lanes_for(v4, sizeof(scalar_t)));
+    const int w = vector_bytes();
+    const Packed<scalar_t> pk(a, b, scale, w / sizeof(scalar_t));
     Buf<scalar_t> out(pk.rows_pad);
     for_each_item(pk.blocks(), [&](int64_t blk) {
       alignas(64) scalar_t s[kRT * kCols];
-      forward_block<scalar_t>(v4, pk, blk * kRows, s, out.get() + blk * kRows);
+      forward_block<scalar_t>(w, pk, blk * kRows, s, out.get() + blk * kRows);
     });
     std::copy_n(out.get(), pk.n, lse.data_ptr<scalar_t>());
   });
@@ -506,8 +533,8 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
                           const at::Tensor& lse, at::Tensor& pa, at::Tensor& pb) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mmfast_solosim_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
-    const bool v4 = use_v4();
-    const Packed<scalar_t> pk(a, b, scale, lanes_for(v4, sizeof(scalar_t)));
+    const int w = vector_bytes();
+    const Packed<scalar_t> pk(a, b, scale, w / sizeof(scalar_t));
     const int64_t n = pk.n, d = pk.d, dv = pk.dv, blocks = pk.blocks();
     Buf<scalar_t> shift(pk.rows_pad);  // lse in base 2, +inf on padding rows (P = 0)
     const scalar_t* plse = lse.data_ptr<scalar_t>();
@@ -526,7 +553,7 @@ void solosim_backward_cpu(const at::Tensor& a, const at::Tensor& b, double scale
     for_each_item(row_parts * col_parts, [&](int64_t item) {
       const int64_t r = item / col_parts, c = item % col_parts;
       alignas(64) scalar_t p[kRows * kBCols];
-      backward_part<scalar_t>(v4, pk, r * blocks / row_parts, (r + 1) * blocks / row_parts,
+      backward_part<scalar_t>(w, pk, r * blocks / row_parts, (r + 1) * blocks / row_parts,
                               c * chunks / col_parts * kBCols, (c + 1) * chunks / col_parts * kBCols,
                               shift.get(), p, ga.get() + c * part_size, gb.get() + r * part_size);
     });
