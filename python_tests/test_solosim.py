@@ -287,3 +287,64 @@ def test_cuda_solosim_wide_matches_cpu(n, d, dtype):
         results.append((loss, *torch.autograd.grad(loss, (ad, bd))))
     for cpu, gpu in zip(*results):
         torch.testing.assert_close(gpu.cpu(), cpu, **tol)
+
+
+# ------------------------------------------------------------------------ CPU kernel variants
+# The CPU kernel has 64-, 32- and 16-byte-vector variants (AVX-512, AVX2, SSE2/NEON), picked
+# from the CPU; MMFAST_SOLOSIM_VECTOR_BYTES forces a narrower one, so each runs here.
+@pytest.mark.parametrize("vector_bytes", ["16", "32", "64"])
+def test_solosim_cpu_variants_agree(vector_bytes):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from conftest import randn
+from mmfast.ops import solosim_loss
+from test_solosim import solosim_dense
+for dtype, tol in ((torch.float64, dict(rtol=1e-12, atol=1e-15)), (torch.float32, None)):
+    for n, d, normalize, tau in ((1, 1, True, 0.2), (37, 63, False, 2.0), (700, 32, True, 0.2),
+                                 (300, 8, True, 1e-3)):
+        a = randn(n, d, seed=n, dtype=dtype).requires_grad_()
+        b = randn(n, d, seed=n + 1, dtype=dtype).requires_grad_()
+        loss = solosim_loss(a, b, tau, normalize, symmetric=True)
+        ga, gb = torch.autograd.grad(loss, (a, b))
+        a64, b64 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+        ref = solosim_dense(a64, b64, tau, normalize, symmetric=True)
+        ra, rb = torch.autograd.grad(ref, (a64, b64))
+        if tau < 1e-2:  # logits up to 1e3: float rounds them to 1e-4 (see the test above)
+            assert abs(float(loss) - float(ref)) <= 1e-6 * float(ref) + 1e-2
+            continue
+        t = tol or dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss.double(), ref.detach(), **t)
+        torch.testing.assert_close(ga.double(), ra, **t)
+        torch.testing.assert_close(gb.double(), rb, **t)
+print("ok")
+"""
+    here = pathlib.Path(__file__).parent
+    env = dict(os.environ, MMFAST_SOLOSIM_VECTOR_BYTES=vector_bytes, OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script], cwd=here, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_solosim_cpu_same_result_any_thread_count():
+    """Parts are a fixed grid, summed in order: 1, 2 and 3 threads give identical bits."""
+    n = 1500
+    a = randn(n, 32, seed=21, dtype=torch.float32).requires_grad_()
+    b = randn(n, 32, seed=22, dtype=torch.float32).requires_grad_()
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            loss = solosim_loss(a, b, 0.1, normalize=False)
+            results.append((loss, *torch.autograd.grad(loss, (a, b))))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert torch.equal(x, y)
