@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: build with CUDA, run the whole test suite (the CUDA tests
-# compare every kernel with the CPU one), then the benchmarks. Everything lands in $OUT:
-#   info.txt, build.log, tests.log, bench.log, bench.json (the mmfast-vs-torch table).
+# One call on a lent GPU machine (device time is minutes): build with CUDA, then, each stage
+# time-boxed so that a hang or a slow stage cannot eat the others:
+#   tests      the CUDA tests (every kernel against the CPU one, host-sync and CUDA-graph tests)
+#   sanitizer  compute-sanitizer memcheck, racecheck and synccheck over small CUDA tests
+#   bench      the op benchmarks, then the training-epoch ones (mmfast vs pure PyTorch)
+#   suite      the whole test suite on the GPU machine (CI runs it on CPU already)
+# Everything lands in $OUT: info.txt, build.log, tests.log, sanitizer-<tool>.log,
+# bench-ops.{log,json} and bench-train.{log,json} (the mmfast-vs-torch tables), suite.log.
+# Choose stages with GPU_STAGES (default "tests sanitizer bench"), time boxes with GPU_*_S.
 # The device machine has torch but no internet, hence --no-build-isolation --no-deps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,17 +15,61 @@ OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 export MMFAST_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export PYTHONUNBUFFERED=1
+STAGES=${GPU_STAGES:-tests sanitizer bench}
+say() { printf '\n== [%ds] %s\n' "$SECONDS" "$*" | tee -a "$OUT/info.txt"; }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+rc=0
 
 { date -u; git log -1 --format='commit %H' 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } >"$OUT/info.txt"
+say "build"
 if ! python -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1; then
   tail -60 "$OUT/build.log"
   exit 1
 fi
 python -c "import mmfast; mmfast.info()" | tee -a "$OUT/info.txt"
 
-pytest python_tests -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25
-tests_rc=${PIPESTATUS[0]}
+if want tests; then
+  say "CUDA tests"
+  timeout "${GPU_TESTS_S:-240}" pytest python_tests -m cuda -q -p no:cacheprovider -rfE 2>&1 \
+    | tee "$OUT/tests.log" | tail -30
+  rc=${PIPESTATUS[0]}
+fi
 
-MMFAST_BENCH_JSON="$OUT/bench.json" pytest benchmarks -q -p no:cacheprovider \
-  --benchmark-columns=median,iqr,rounds 2>&1 | tee "$OUT/bench.log" | grep -A40 "mmfast vs pure"
-exit "$tests_rc"
+if want sanitizer; then
+  # Small shapes only: the sanitizers slow kernels down 10-100x.
+  small=(
+    "python_tests/test_graph.py::test_cuda_corrupt_csr_from_torch_ops_does_not_fault"
+    python_tests/test_solosim.py python_tests/test_club.py python_tests/test_topk.py
+  )
+  sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  for tool in memcheck racecheck synccheck; do
+    say "compute-sanitizer --tool $tool"
+    timeout "${GPU_SANITIZER_S:-90}" "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      python -m pytest -m cuda -q -x -p no:cacheprovider "${small[@]}" \
+      -k "not 20000 and not 23033 and not 3000 and not 2048 and not 4096" \
+      >"$OUT/sanitizer-$tool.log" 2>&1
+    echo "exit $?" | tee -a "$OUT/sanitizer-$tool.log"
+    grep -E "ERROR SUMMARY|Error|passed|failed" "$OUT/sanitizer-$tool.log" | tail -5
+  done
+fi
+
+if want bench; then
+  # Two sessions, each writing its table when it ends: a slow epoch benchmark hitting its
+  # time box cannot take the op table with it.
+  say "op benchmarks"
+  MMFAST_BENCH_JSON="$OUT/bench-ops.json" timeout "${GPU_BENCH_OPS_S:-240}" pytest benchmarks \
+    -q -p no:cacheprovider --ignore benchmarks/bench_train.py \
+    --benchmark-columns=median,iqr,rounds 2>&1 | tee "$OUT/bench-ops.log" | grep -A60 "mmfast vs pure"
+  say "training-epoch benchmarks"
+  MMFAST_BENCH_JSON="$OUT/bench-train.json" timeout "${GPU_BENCH_TRAIN_S:-300}" pytest \
+    benchmarks/bench_train.py -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds \
+    2>&1 | tee "$OUT/bench-train.log" | grep -A60 "mmfast vs pure"
+fi
+
+if want suite; then
+  say "whole test suite"
+  timeout "${GPU_SUITE_S:-600}" pytest python_tests -q -p no:cacheprovider 2>&1 \
+    | tee "$OUT/suite.log" | tail -25
+fi
+say "done"
+exit "$rc"
