@@ -1,9 +1,15 @@
 """SoloSim (mmfast.ops.solosim_loss) against float64 references, on CPU and CUDA."""
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import mmfast
 from conftest import randn, requires_cuda
 from mmfast.ops import solosim_loss
 
@@ -294,11 +300,6 @@ def test_cuda_solosim_wide_matches_cpu(n, d, dtype):
 # from the CPU; MMFAST_SOLOSIM_VECTOR_BYTES forces a narrower one, so each runs here.
 @pytest.mark.parametrize("vector_bytes", ["16", "32", "64"])
 def test_solosim_cpu_variants_agree(vector_bytes):
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
     script = """
 import torch
 from conftest import randn
@@ -324,8 +325,11 @@ for dtype, tol in ((torch.float64, dict(rtol=1e-12, atol=1e-15)), (torch.float32
 print("ok")
 """
     here = pathlib.Path(__file__).parent
+    # The child imports the mmfast this session imports (installed, or an in-place build).
+    package_root = pathlib.Path(mmfast.__file__).resolve().parents[1]
     env = dict(os.environ, MMFAST_SOLOSIM_VECTOR_BYTES=vector_bytes, OMP_NUM_THREADS="2",
-               PYTHONPATH=os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(package_root), str(here),
+                                           os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", script], cwd=here, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
