@@ -48,9 +48,10 @@ def parts(model, users, pos, neg, opt) -> dict[str, Callable[[], object]]:
 
     emb = [t.detach().requires_grad_() for t in model.embeddings()]
 
-    def bpr():
+    def bpr():  # SEA/SAND's log2 form when the model uses it (FREEDOM+SEA keeps FREEDOM's ln)
         u, i = emb
-        log2_scale(bpr_loss(u[users], i[pos], i[neg])).backward()
+        loss = bpr_loss(u[users], i[pos], i[neg])
+        (log2_scale(loss) if getattr(model, "bpr_log2", False) else loss).backward()
 
     z = {m: t.detach() for m, t in model.transformed().items()}
     split = {m: sep.split(z[m]) for m in z}
