@@ -57,6 +57,7 @@ def lightgcn_recall(tmp_path_factory) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:SeparateLearning. negative-L2")  # SAND's reference weight
 @pytest.mark.parametrize("model_name", MULTIMODAL)
 def test_multimodal_beats_lightgcn_at_early_stopping(model_name, lightgcn_recall, tmp_path):
     recall = best_valid_recall(model_name, tmp_path)
