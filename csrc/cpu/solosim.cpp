@@ -347,6 +347,41 @@ MMFAST_INLINE void forward_block_impl(const Packed<T>& pk, int64_t r0, T* s, T* 
     lse[i] = static_cast<T>(m[i] * kLn2 + std::log(total[i]));
 }
 
+// out[o] += sum_k P(o, k) src[k] for kOut rows of out [., dv] and kIn rows of src [., dv],
+// the weights read from the tile p at p[o * kOutStride + k * kInStride]: a kGR x kGV register
+// tile of out, the weights broadcast against rows of src (features as the SIMD lanes).
+template <typename T, int W, int64_t kOut, int64_t kIn, int64_t kOutStride, int64_t kInStride>
+MMFAST_INLINE void add_weighted_rows(T* out, const T* src, const T* p, int64_t dv) {
+  using V = VecT<T, W>;
+  constexpr int L = W / sizeof(T);
+  for (int64_t o0 = 0; o0 < kOut; o0 += kGR<W>) {
+    for (int64_t f = 0; f < dv; f += kGV * L) {
+      V acc[kGR<W>][kGV];
+#pragma GCC unroll 8
+      for (int r = 0; r < kGR<W>; ++r) {
+#pragma GCC unroll 2
+        for (int g = 0; g < kGV; ++g) acc[r][g] = vload<T, W>(out + (o0 + r) * dv + f + g * L);
+      }
+      for (int64_t k = 0; k < kIn; ++k) {
+        V x[kGV];
+#pragma GCC unroll 2
+        for (int g = 0; g < kGV; ++g) x[g] = vload<T, W>(src + k * dv + f + g * L);
+#pragma GCC unroll 8
+        for (int r = 0; r < kGR<W>; ++r) {
+          const T w = p[(o0 + r) * kOutStride + k * kInStride];
+#pragma GCC unroll 2
+          for (int g = 0; g < kGV; ++g) acc[r][g] += w * x[g];
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < kGR<W>; ++r) {
+#pragma GCC unroll 2
+        for (int g = 0; g < kGV; ++g) vstore<T, W>(out + (o0 + r) * dv + f + g * L, acc[r][g]);
+      }
+    }
+  }
+}
+
 // One part of the backward: the row blocks [blk_begin, blk_end) against the columns
 // [col_begin, col_end), chunk by chunk of kBCols columns, so that the chunk's b (both layouts)
 // and its grad_b accumulators stay in L1 while the part's rows pass. ga [rows_pad, dv]: the
@@ -357,7 +392,6 @@ template <typename T, int W>
 MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, int64_t blk_end,
                                       int64_t col_begin, int64_t col_end, const T* shift, T* p,
                                       T* ga, T* gb) {
-  using V = VecT<T, W>;
   constexpr int L = W / sizeof(T);
   const int64_t dv = pk.dv;
   std::memset(ga + blk_begin * kRows * dv, 0, (blk_end - blk_begin) * kRows * dv * sizeof(T));
@@ -373,62 +407,9 @@ MMFAST_INLINE void backward_part_impl(const Packed<T>& pk, int64_t blk_begin, in
       }
 #pragma GCC unroll 4
       for (int64_t k = 0; k < kRows * kBCols; k += L) vstore<T, W>(p + k, vexp2<T, W>(vload<T, W>(p + k)));
-      // ga[i] += sum_j P_ij b_j.
-      T* gar = ga + r0 * dv;
-      for (int64_t i0 = 0; i0 < kRows; i0 += kGR<W>) {
-        for (int64_t f = 0; f < dv; f += kGV * L) {
-          V acc[kGR<W>][kGV];
-#pragma GCC unroll 8
-          for (int rr = 0; rr < kGR<W>; ++rr) {
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) acc[rr][g] = vload<T, W>(gar + (i0 + rr) * dv + f + g * L);
-          }
-          for (int64_t j = 0; j < kBCols; ++j) {
-            V x[kGV];
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) x[g] = vload<T, W>(b + j * dv + f + g * L);
-#pragma GCC unroll 8
-            for (int rr = 0; rr < kGR<W>; ++rr) {
-              const T w = p[(i0 + rr) * kBCols + j];
-#pragma GCC unroll 2
-              for (int g = 0; g < kGV; ++g) acc[rr][g] += w * x[g];
-            }
-          }
-#pragma GCC unroll 8
-          for (int rr = 0; rr < kGR<W>; ++rr) {
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) vstore<T, W>(gar + (i0 + rr) * dv + f + g * L, acc[rr][g]);
-          }
-        }
-      }
-      // gb[j] += sum_i P_ij a_i.
-      const T* a = pk.ar.get() + r0 * dv;
-      for (int64_t j0 = 0; j0 < kBCols; j0 += kGR<W>) {
-        for (int64_t f = 0; f < dv; f += kGV * L) {
-          V acc[kGR<W>][kGV];
-#pragma GCC unroll 8
-          for (int jj = 0; jj < kGR<W>; ++jj) {
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) acc[jj][g] = vload<T, W>(gbc + (j0 + jj) * dv + f + g * L);
-          }
-          for (int64_t i = 0; i < kRows; ++i) {
-            V x[kGV];
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) x[g] = vload<T, W>(a + i * dv + f + g * L);
-#pragma GCC unroll 8
-            for (int jj = 0; jj < kGR<W>; ++jj) {
-              const T w = p[i * kBCols + j0 + jj];
-#pragma GCC unroll 2
-              for (int g = 0; g < kGV; ++g) acc[jj][g] += w * x[g];
-            }
-          }
-#pragma GCC unroll 8
-          for (int jj = 0; jj < kGR<W>; ++jj) {
-#pragma GCC unroll 2
-            for (int g = 0; g < kGV; ++g) vstore<T, W>(gbc + (j0 + jj) * dv + f + g * L, acc[jj][g]);
-          }
-        }
-      }
+      // ga[i] += sum_j P_ij b_j (the tile by rows), gb[j] += sum_i P_ij a_i (by columns).
+      add_weighted_rows<T, W, kRows, kBCols, kBCols, 1>(ga + r0 * dv, b, p, dv);
+      add_weighted_rows<T, W, kBCols, kRows, 1, kBCols>(gbc, pk.ar.get() + r0 * dv, p, dv);
     }
   }
 }
