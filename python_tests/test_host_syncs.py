@@ -13,7 +13,7 @@ from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.eval import Evaluator
 from mmfast.ops import SparseGraph, rank_metrics, topk_scores
-from trainer_helpers import tiny_config
+from trainer_helpers import private_cache, tiny_config  # noqa: F401 (autouse fixture)
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu")
 
