@@ -3,8 +3,9 @@ extension points of a training step (auxiliary optimizers, a hook between backwa
 model-owned random streams, the epoch counter)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +13,25 @@ from torch import nn
 from mmfast.configs import load_yaml, merge, model_config_path
 from mmfast.data.dataset import Dataset
 from mmfast.ops import SparseGraph
+
+
+@dataclass
+class PluginViews:
+    """What a model exposes from one training forward so that plug-ins (``+SEA``, ``+BMA``) can
+    attach to it without a class per pair. Every field is optional; a plug-in names the fields
+    it needs and refuses, in one line, a model that does not provide them.
+
+    - ``behavior``: (users [n_users, d], items [n_items, d]), the behaviour (ID / user-item
+      graph) line of this forward, full tables (BMA's behaviour side).
+    - ``modal``: (users [n_users, d], items [n_items, d]), the modal representation of the
+      same width (BMA's modal side; users usually lifted from items by R̂).
+    - ``modal_features``: ``rows -> {modality: [len(rows) or n_items, d_m]}``, the per-modality
+      item representations SEA splits into generic and unique halves (``rows=None``: all items).
+    """
+
+    behavior: tuple[torch.Tensor, torch.Tensor] | None = None
+    modal: tuple[torch.Tensor, torch.Tensor] | None = None
+    modal_features: Callable[[torch.Tensor | None], dict[str, torch.Tensor]] | None = None
 
 
 class Recommender(nn.Module):
@@ -54,7 +74,19 @@ class Recommender(nn.Module):
     def calculate_loss(
         self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """The batch loss. Models that take plug-ins implement :meth:`loss_and_views` instead;
+        this then returns its loss."""
+        if type(self).loss_and_views is Recommender.loss_and_views:
+            raise NotImplementedError(f"{type(self).__name__} implements neither calculate_loss "
+                                      "nor loss_and_views")
+        return self.loss_and_views(users, positives, negatives)[0]
+
+    def loss_and_views(
+        self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+    ) -> tuple[torch.Tensor, PluginViews]:
+        """The model's own batch loss and the :class:`PluginViews` of the same forward (the
+        plug-in protocol). A model that implements it can take ``+SEA`` / ``+BMA``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose PluginViews")
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(user vectors [n_users, d], item vectors [n_items, d]) for full ranking."""
