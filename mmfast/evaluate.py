@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmfast import _ext
 from mmfast._atomic import atomic_write_json
 from mmfast.data import load_dataset
 from mmfast.data.dataset import Dataset
@@ -109,6 +110,8 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--ratio needs --mask-modality NAME")
     try:
         model, dataset = load_run(run_dir, args.device, args.data_root)
+    except _ext.KernelsUnavailable:
+        raise
     except RuntimeError as exc:  # a state dict that does not fit the dataset found there
         first = str(exc).strip().splitlines()
         raise ValueError(f"{run_dir}: its checkpoint does not fit the dataset "
@@ -194,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.overrides:
                 raise ValueError("--set applies to --features; a run keeps its saved config")
             result = evaluate_run(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError, DataFormatError too
+    except (FileNotFoundError, ValueError, KeyError, _ext.KernelsUnavailable) as exc:  # ConfigError, DataFormatError too
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmfast import _ext
 from mmfast._atomic import atomic_torch_save, atomic_write, atomic_write_json
 from mmfast.data import load_dataset
 from mmfast.evaluate import data_config
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{exc}; continue with: python -m mmfast.pretrain --out {out} --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, ValueError) as exc:  # ConfigError, DataFormatError too
+    except (FileNotFoundError, ValueError, _ext.KernelsUnavailable) as exc:  # ConfigError, DataFormatError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

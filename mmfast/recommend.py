@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from mmfast import models
+from mmfast import _ext, models
 from mmfast.data import Dataset, load_dataset
 from mmfast.models.base import Recommender
 from mmfast.ops import topk_scores, use_backend
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         users = [args.user] if args.user is not None else _read_users(args.users)
         model, dataset = load_run(args.run, args.device, args.data_root)
         scores, items = recommend(model, dataset, torch.tensor(users, dtype=torch.int64), args.k)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, _ext.KernelsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = ["userID\trank\titemID\tscore"]

@@ -14,6 +14,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from mmfast import _ext
 from mmfast.trainer import config as cfg
 
 EXIT_INTERRUPTED = 130
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.show_config:
             print(cfg.dump(config), end="")
             return 0
+        if config["backend"] == "mmfast":
+            _ext.require()  # before a run folder exists
         trainer.run(config, progress=progress)
         return 0
     except trainer.TrainingInterrupted as exc:
@@ -137,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted before training started", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (cfg.ConfigError, models.UnknownModelError) as exc:
+    except (cfg.ConfigError, models.UnknownModelError, _ext.KernelsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

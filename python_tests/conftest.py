@@ -10,8 +10,7 @@ from mmfast.ops import SparseGraph
 
 if not _ext.available():
     raise pytest.UsageError(
-        f"mmfast's compiled extension did not load ({_ext.load_error()}); run the tests against "
-        f"an installed build (`pip install .`), not the source tree (imported {mmfast.__file__})"
+        f"{_ext.unavailable_message()} (imported {mmfast.__file__})"
     )
 
 CUDA = torch.cuda.is_available() and mmfast.info(verbose=False).get("cuda_kernels", False)
