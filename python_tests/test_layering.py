@@ -8,7 +8,7 @@ from pathlib import Path
 import mmfast
 
 ROOT = Path(mmfast.__file__).resolve().parent
-COMMANDS = {"train", "recommend", "evaluate", "pretrain"}
+COMMANDS = {"train", "recommend", "evaluate", "pretrain", "tune"}
 RANK = {"configs": 0, "_atomic": 0, "_C": -1, "_ext": 0, "_info": 0.5, "ops": 1, "data": 2, "nn": 3,
         "eval": 3, "models": 4, "trainer": 5, **{c: 6 for c in COMMANDS}, "": 7}
 

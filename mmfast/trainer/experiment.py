@@ -25,7 +25,9 @@ from mmfast.trainer import config as cfg
 from mmfast._atomic import atomic_copy, atomic_write_text
 from mmfast.trainer.rng import seed_everything
 from mmfast.trainer.evaluation import build_evaluator, valid_metric
-from mmfast.trainer.fit import BEST, CURVES, LAST, METRICS, Trainer, TrainingInterrupted
+from mmfast.trainer.fit import (
+    BEST, CURVES, LAST, METRICS, EvaluationCallback, Trainer, TrainingInterrupted,
+)
 from mmfast.trainer.progress import use_bar
 from mmfast.trainer.runlog import (
     close_logger, config_block, dict2str, metrics_table, setup_logger, write_metrics,
@@ -87,8 +89,14 @@ def run(
     resume: str | Path | None = None,
     progress: bool | None = None,
     console: bool = True,
+    run_dir: str | Path | None = None,
+    on_evaluation: EvaluationCallback | None = None,
 ) -> RunResult:
-    """Train every grid point of ``config`` (or continue the run in ``resume``)."""
+    """Train every grid point of ``config`` (or continue the run in ``resume``).
+
+    The run folder is a new ``<out>/<Model>-<dataset>-<timestamp>/``, or exactly ``run_dir``
+    (created; it must not hold a run yet). ``on_evaluation(epoch, valid, test)`` runs after
+    every evaluation of every point (a sweep's scheduler listens there)."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -104,14 +112,21 @@ def run(
         dataset_root(config)
         resolve_device(str(config["device"]))
         dataset = load_dataset(config)  # a bad feature file too
-        run_dir, log_name = new_run_dir(Path(out or config["checkpoint_dir"]),
-                                         config["model"], config["dataset"])
+        if run_dir is None:
+            run_dir, log_name = new_run_dir(Path(out or config["checkpoint_dir"]),
+                                             config["model"], config["dataset"])
+        else:
+            run_dir = Path(run_dir)
+            if (run_dir / "config.yaml").exists():
+                raise cfg.ConfigError(f"{run_dir} holds a run already (resume it instead)")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log_name = f"{config['model']}-{config['dataset']}-{run_dir.name}.log"
         atomic_write_text(run_dir / "config.yaml", cfg.dump(config))
     logger = setup_logger(run_dir / log_name, console=console)
     try:
         with use_backend(config["backend"]):
             return _run(dict(config), run_dir, logger, resume is not None, use_bar(progress),
-                        dataset)
+                        dataset, on_evaluation)
     except TrainingInterrupted as exc:  # resume takes the run folder, not a grid point's
         raise TrainingInterrupted(run_dir, exc.epoch) from None
     finally:
@@ -119,7 +134,7 @@ def run(
 
 
 def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming: bool,
-         bar: bool, dataset=None) -> RunResult:
+         bar: bool, dataset=None, on_evaluation: EvaluationCallback | None = None) -> RunResult:
     log = logger.info
     model_cls = models.get(config["model"])
     device = resolve_device(str(config["device"]))
@@ -150,7 +165,7 @@ def _run(config: dict[str, Any], run_dir: Path, logger: logging.Logger, resuming
         else:
             log(f"========={idx + 1}/{len(grid)}: Parameters:{_params_str(params)}=======")
             points.append(_fit_point(point, params, model_cls, dataset, device, evaluate,
-                                     folder, logger, resuming, bar))
+                                     folder, logger, resuming, bar, on_evaluation))
         res = points[-1]
         log(f"best valid result: {dict2str(res['best']['valid'])}")
         log(f"test result: {dict2str(res['best']['test'])}")
@@ -169,13 +184,14 @@ def _saved_result(path: Path) -> dict[str, Any] | None:
 
 
 def _fit_point(point, params, model_cls, dataset, device, evaluate, folder, logger, resuming,
-               bar) -> dict[str, Any]:
+               bar, on_evaluation=None) -> dict[str, Any]:
     seed = int(point["seed"])
     seed_everything(seed)  # MMRec reseeds before every grid point
     model = model_cls(point, dataset, device).to(device)
     logger.info(str(model))
     sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device, seed=seed)
-    trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params, progress=bar)
+    trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params, progress=bar,
+                      on_evaluation=on_evaluation)
     if resuming and (folder / LAST).is_file():
         trainer.resume(folder / LAST)
     return trainer.fit()

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -29,6 +29,10 @@ from mmfast.trainer.progress import epoch_bar
 from mmfast.trainer.runlog import dict2str, plot_curves, write_metrics
 
 BEST, LAST, METRICS, CURVES = "best.pt", "last.pt", "metrics.json", "curves.png"
+
+# Called after every evaluation, once its checkpoints are on disk: (epoch, valid, test). A sweep
+# reports the valid metric to its scheduler here; an exception it raises stops the point.
+EvaluationCallback = Callable[[int, Mapping[str, float], Mapping[str, float]], None]
 
 
 class TrainingInterrupted(Exception):
@@ -53,10 +57,12 @@ class Trainer:
         *,
         params: Mapping[str, Any] | None = None,
         progress: bool = False,
+        on_evaluation: EvaluationCallback | None = None,
     ) -> None:
         self.config, self.model, self.sampler, self.evaluate = config, model, sampler, evaluate
         self.folder, self.logger, self.progress = Path(folder), logger, progress
         self.params = dict(params or {})
+        self.on_evaluation = on_evaluation
         self.metric = valid_metric(config)
         # Parameters an auxiliary optimizer of the model owns stay out of the model optimizer.
         self.optimizer = torch.optim.Adam(
@@ -182,6 +188,8 @@ class Trainer:
                     atomic_torch_save(self.state_dict(epoch), self.folder / LAST)
                     self.saved_epoch = epoch
                 write_metrics(self.folder / METRICS, self.result())
+                if self.on_evaluation is not None and "valid" in record:
+                    self.on_evaluation(epoch, record["valid"], record["test"])
                 if stop:
                     log(f"Finished training, best eval result in epoch {self.best['epoch']}")
                     break
