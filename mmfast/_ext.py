@@ -14,7 +14,7 @@ import torch
 
 # The README's install commands (README.md, "Install"); python_tests/test_readme.py checks
 # that the README still says them.
-DEVELOPER_INSTALL = 'pip install -e ".[test,tune]"'
+DEVELOPER_INSTALL = 'pip install --no-build-isolation -e ".[test,tune]"'
 USER_INSTALL = "pip install ."
 
 _C: Any = None
@@ -31,8 +31,8 @@ def _source_checkout() -> Path | None:
 def _how_to_fix() -> str:
     root = _source_checkout()
     if root is not None:
-        return (f"run `{DEVELOPER_INSTALL}` in {root} (the developer install: kernels built "
-                "in place)")
+        return (f"run `{DEVELOPER_INSTALL}` in {root} (the README's developer install: "
+                "kernels built in place)")
     return f"reinstall mmfast (`{USER_INSTALL}` from its source folder)"
 
 

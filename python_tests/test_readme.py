@@ -76,7 +76,9 @@ def readme() -> str:
 
 def test_install_commands_are_the_readmes():
     lines = code_lines(ROOT / "README.md")
-    assert _ext.DEVELOPER_INSTALL in lines[0], "the README's first command is the developer install"
+    install = lines.index(_ext.DEVELOPER_INSTALL)  # what the one-line error tells users to run
+    assert lines[install - 1].startswith("pip install torch"), "torch first, then the build"
+    assert install < 3, "the developer install opens the README's commands"
     assert any(line.startswith(_ext.USER_INSTALL) or f"`{_ext.USER_INSTALL}`" in readme()
                for line in lines)
 
