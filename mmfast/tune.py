@@ -145,12 +145,11 @@ def _trial_state(folder: Path) -> str:
     if (folder / sw.ERROR_FILE).is_file():
         return "failed"
     row = sw.trial_row(folder, folder.name, 0, {}, 0)
-    if row["status"] in DONE:  # and the run wrote its final summary (killed before: finish it)
-        summary = json.loads((folder / "metrics.json").read_text())
-        return "done" if "selection" in summary else "open"
-    if row["status"] == "stopped":
+    if row["status"] in DONE and "selection" in json.loads((folder / "metrics.json").read_text()):
+        return "done"  # the run wrote its final summary
+    if (folder / sw.STOPPED_FILE).is_file():
         return "stopped"
-    return "open"
+    return "open"  # to run, or to continue (a killed run that had not written its summary too)
 
 
 def _resources(args: argparse.Namespace, config: dict[str, Any]) -> tuple[int | None, int, float]:
@@ -213,7 +212,9 @@ def _scheduler(state: dict[str, Any], metric: str):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    epochs = int(state["config"]["epochs"])
+    # One past the last epoch: a trial ends itself (epochs or early stopping) and writes its
+    # summary; at max_t Tune would stop it right after its last report, before that.
+    epochs = int(state["config"]["epochs"]) + 1
     return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                          grace_period=max(1, min(int(state["asha_grace"]), epochs)),
                          reduction_factor=float(state["asha_reduction"]))

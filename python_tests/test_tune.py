@@ -200,21 +200,21 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(grid_sweep, tmp_
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_asha_stops_a_hopeless_one(tmp_path):
-    # Points in order: lr 0.05 (learns), lr 1e-9 (cannot), and an embedding size that fails.
-    argv = ["-m", "LightGCN", *TINY_SETS, "--set", "n_layers=1", "--set", "reg_weight=1e-4",
-            "--set", "learning_rate=[0.05, 1.0e-9]", "--set", "embedding_size=[64, -3]",
-            "--set", "hyper_parameters=[embedding_size, learning_rate]",
+    # Points in order: 1 layer at lr 0.05 (learns), at lr 1e-9 (cannot), then -2 layers (fails).
+    argv = ["-m", "LightGCN", *TINY_SETS, "--set", "n_layers=[1, -2]", "--set", "reg_weight=1e-4",
+            "--set", "learning_rate=[0.05, 1.0e-9]",
+            "--set", "hyper_parameters=[n_layers, reg_weight, learning_rate]",
             "--workers", "1", "--epochs", "6", "--device", "cpu", "--scheduler", "asha",
             "--asha-grace", "1", "--asha-reduction", "2", "--out", str(tmp_path / "runs")]
     assert tune_cli.main(argv) == 0
     sweep = only_sweep(tmp_path / "runs")
-    rows = {(r["embedding_size"], r["learning_rate"]): r for r in read_rows(sweep)}
-    assert rows[("64", "0.05")]["status"] == "finished" and rows[("64", "0.05")]["epochs"] == "6"
-    stopped = rows[("64", "1e-09")]
+    rows = {(r["n_layers"], r["learning_rate"]): r for r in read_rows(sweep)}
+    assert rows[("1", "0.05")]["status"] == "finished" and rows[("1", "0.05")]["epochs"] == "6"
+    stopped = rows[("1", "1e-09")]
     assert stopped["status"] == "stopped" and int(stopped["epochs"]) < 6
     assert "asha" in stopped["error"]
     for lr in ("0.05", "1e-09"):
-        failed = rows[("-3", lr)]
-        assert failed["status"] == "failed" and failed["error"]
+        failed = rows[("-2", lr)]
+        assert failed["status"] == "failed" and "layers must be a non-negative int" in failed["error"]
     summary = (sweep / "summary.md").read_text()
     assert "0/1 (1 failed)" in summary
