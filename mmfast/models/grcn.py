@@ -88,25 +88,25 @@ class ContentGCN(nn.Module):
         self.mlp = nn.Linear(feat_dim, dim)
         nn.init.xavier_normal_(self.mlp.weight)
 
-    def forward(self, raw: torch.Tensor, edges: EdgeList, users: torch.Tensor,
-                items: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, raw: torch.Tensor, edges: EdgeList, keep: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         f = F.leaky_relu(self.mlp(raw))
         p = self.preference
         if self.has_norm:
             p, f = F.normalize(p), F.normalize(f)
-        n_pairs = users.numel()
+        n_pairs = edges.n_edges // 2
         for _ in range(self.n_routing):
             if self.routing == "paper":  # items -> users only: the second half of the edges
-                s = (p[users] * f[items]).sum(1)
-                alpha = segment_softmax(torch.cat([s, s]), edges, keep)
+                x = torch.cat([p, f])
+                alpha = segment_softmax(edges.edge_dot(x, x), edges, keep)
                 alpha = torch.cat([torch.zeros_like(alpha[:n_pairs]), alpha[n_pairs:]])
-                p = p + edges.aggregate(alpha, torch.cat([p, f]))[: self.n_users]
+                p = p + edges.aggregate(alpha, x)[: self.n_users]
             # routing == "mmrec": the messages reach the items only; p gains nothing.
             if self.has_norm:
                 p = F.normalize(p)
         x = torch.cat([p, f])
-        s = (p[users] * f[items]).sum(1)
-        alpha = segment_softmax(torch.cat([s, s]), edges, keep)
+        # s_ui = <p_u, f_i>, once per direction (the same value), soft-maxed per target node.
+        alpha = segment_softmax(edges.edge_dot(x, x), edges, keep)
         h = edges.aggregate(alpha, x)
         if self.has_act:
             h = F.leaky_relu(h)
@@ -195,8 +195,7 @@ class GRCN(Recommender):
             keep = torch.cat([kept, kept])
         reps, alphas = [], []
         for m in self.modalities:
-            rep, alpha = self.content[m](getattr(self, f"raw_{m}"), self.edges, self.pair_users,
-                                         self.pair_items, keep)
+            rep, alpha = self.content[m](getattr(self, f"raw_{m}"), self.edges, keep)
             reps.append(rep)
             alphas.append(alpha)
         id_rep = self.id_line(self.edge_weights(alphas))
