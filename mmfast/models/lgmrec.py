@@ -118,9 +118,8 @@ class LGMRec(Recommender):
             self.register_buffer(f"raw_{m}", x.to(self.device), persistent=False)
         self.adj = dataset.norm_adj().to(self.device)                 # Â
         self.inter = dataset.train.to_graph().to(self.device)         # R, binary users x items
-        deg = dataset.train.user_degrees().float()
-        self.register_buffer("inv_user_degree", (1.0 / (deg + 1e-7)).unsqueeze(1).to(self.device),
-                             persistent=False)
+        self.register_buffer("user_degree", dataset.train.user_degrees().float().unsqueeze(1)
+                             .to(self.device), persistent=False)
         self.rng = self.add_generator("hyperedges")
         self.eval_rng = self.add_generator("hyperedges_eval")
 
@@ -143,7 +142,7 @@ class LGMRec(Recommender):
     def mge(self, m: str) -> torch.Tensor:
         """E^m [U + I, d]: the modal graph embedding of modality m."""
         items = self.item_features(m)
-        users = spmm(self.inter, items) * self.inv_user_degree
+        users = spmm(self.inter, items) / (self.user_degree + 1e-7)
         return propagate(self.adj, torch.cat([users, items]), self.n_mm_layers, "last")
 
     def memberships(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
