@@ -210,14 +210,14 @@ class GRCN(Recommender):
         out = self.forward()
         if self.eval_last_forward:
             self._last = out.detach()
-        pos, neg = positives + self.n_users, negatives + self.n_users
-        z_u = out[users]
-        diff = (z_u * out[pos]).sum(1) - (z_u * out[neg]).sum(1)
+        b = users.numel()
+        rows = torch.cat([users, positives + self.n_users, negatives + self.n_users])
+        z_u, z_p, z_n = out[rows].split(b)  # one gather: one gradient scatter into the table
+        diff = (z_u * z_p).sum(1) - (z_u * z_n).sum(1)
         loss = -torch.log(torch.sigmoid(diff)).mean()
-        ids = self.id_embedding
         # MMRec's rows: each user twice, against its positive and its negative.
-        reg = (2 * ids[users].square().sum() + ids[pos].square().sum()
-               + ids[neg].square().sum()) / (2 * users.numel() * ids.shape[1])
+        e = self.id_embedding[rows].square().sum(1)
+        reg = (2 * e[:b].sum() + e[b:].sum()) / (2 * b * self.id_embedding.shape[1])
         if self.visual is not None:
             reg = reg + self.content[self.visual].preference.square().mean()
         for m in self.modalities:

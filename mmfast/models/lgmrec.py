@@ -70,10 +70,34 @@ def contrast_against_all(anchor: torch.Tensor, table: torch.Tensor, rows: torch.
                          tau: float) -> torch.Tensor:
     """sum_b -log softmax_j(<â_b, t̂_j> / tau)[rows_b]: each anchor row against every row of
     ``table``, its positive the row ``rows_b`` (â, t̂ L2-normalized). LGMRec's
-    ``ssl_triple_loss``."""
-    a, t = F.normalize(anchor), F.normalize(table)
-    positive = (a * t[rows]).sum(1) / tau
-    return (torch.logsumexp(a @ t.T / tau, 1) - positive).sum()
+    ``ssl_triple_loss``. The [B, N] logits are built once and turned into the softmax in place,
+    which the backward multiplies by (no autograd graph over [B, N] temporaries)."""
+    return _ContrastAll.apply(F.normalize(anchor), F.normalize(table), rows, 1.0 / tau)
+
+
+class _ContrastAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, t, rows, scale):
+        p = torch.mm(a, t.T).mul_(scale)                 # logits [B, N]
+        top = p.amax(1, keepdim=True)
+        p.sub_(top).exp_()
+        total = p.sum(1, keepdim=True)
+        p.div_(total)                                    # softmax
+        positive = (a * t[rows]).sum(1) * scale
+        ctx.save_for_backward(a, t, rows, p)
+        ctx.scale = scale
+        return ((top + total.log()).squeeze(1) - positive).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, t, rows, p = ctx.saved_tensors
+        s = grad * ctx.scale                             # dL/dlogits = (softmax - onehot) g
+        grad_a = grad_t = None
+        if ctx.needs_input_grad[0]:
+            grad_a = (torch.mm(p, t) - t[rows]) * s
+        if ctx.needs_input_grad[1]:
+            grad_t = (torch.mm(p.T, a) - torch.zeros_like(t).index_add_(0, rows, a)) * s
+        return grad_a, grad_t, None, None
 
 
 @register()
