@@ -273,3 +273,13 @@ def test_edge_ops_match_dense_and_gradcheck(backend):
     torch.testing.assert_close(kept[into], torch.softmax(w[into] * 3, 0))
     with pytest.raises(ValueError, match="one weight per edge"):
         edges.aggregate(w[:3], x, backend)
+
+
+def test_training_step_reads_nothing(tiny):
+    from test_host_syncs import counted_reads
+    model, _ = build("GRCN", tiny, "dropout=0.2", "routing=paper")
+    users, pos, neg = one_batch(tiny)
+    model.calculate_loss(users, pos, neg).backward()  # warm (lazy set-up may read)
+    with counted_reads() as calls:
+        model.calculate_loss(users, pos, neg).backward()
+    assert calls == []

@@ -231,3 +231,13 @@ def test_hypergraph_pieces():
     lat = H_i.T @ (H_i @ (H_i.T @ E))
     torch.testing.assert_close(i, H_i @ lat)
     torch.testing.assert_close(u, H_u @ lat)
+
+
+def test_training_step_reads_nothing(tiny):
+    from test_host_syncs import counted_reads
+    model, _ = build("LGMRec", tiny)
+    users, pos, neg = one_batch(tiny)
+    model.calculate_loss(users, pos, neg).backward()  # warm (lazy set-up may read)
+    with counted_reads() as calls:
+        model.calculate_loss(users, pos, neg).backward()
+    assert calls == []
