@@ -17,7 +17,8 @@ other modes). The ID line is two unnormalized propagations on that graph from th
 ID table: h = x + A(w) x + A(w)^2 x, x = normalize(E_id). The representation of a node is
 [h ‖ rep^v ‖ rep^t] (``fusion_mode: concat``), scores are inner products.
 
-Loss (per batch, after a full forward): -mean log sigmoid(<z_u, z_i+> - <z_u, z_i->>) plus
+Loss (per batch, after a full forward): -mean log(sigmoid(<z_u, z_i+> - <z_u, z_i->>)) (the
+log of the sigmoid, as MMRec writes it) plus
 ``reg_weight`` times (mean over the batch rows of E_id[u]^2 + E_id[i]^2, the mean over all
 users of p^v^2 (visual role only), and the mean over the batch users of p^m^2 per modality).
 
@@ -47,7 +48,8 @@ Convolutional Network for Multimedia Recommendation with Implicit Feedback." ACM
 Differences from MMRec: one modality may be either role (MMRec crashes when only the textual
 one is given: its ``conetent_rep`` typo); ``fusion_mode: mean`` averages the representations
 present (MMRec's names an undefined audio tensor); MMRec's word-embedding text input
-(``is_word``) is not supported.
+(``is_word``) is not supported. GRCN takes no plug-ins: its final vector is a concatenation of
+lines of different widths, with no single behaviour / modal pair of the same width.
 """
 from __future__ import annotations
 
