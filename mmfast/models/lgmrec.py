@@ -21,6 +21,8 @@ Loss: BPR (-mean log sigmoid) on E, plus ``cl_weight`` times the hypergraph cont
   sum_{u in batch} -log( exp(<ĥ^v_u, ĥ^t_u>/tau) / sum_{u'} exp(<ĥ^v_u, ĥ^t_u'>/tau) )
   + the same over the batch's positive items (ĥ the L2-normalized hypergraph embeddings, the
   denominator over every user, resp. item: a sum over the batch, not a mean),
+(the hypergraph embeddings are memberships times A hyperedge vectors, so with A < d the
+[B, N] logits are computed in that factored form, B N A multiply-adds instead of B N d),
 plus ``reg_weight`` times the sum of the Frobenius norms of the batch rows of E (users,
 positives, negatives) divided by the batch size (MMRec's EmbLoss form).
 
@@ -73,6 +75,15 @@ def contrast_against_all(anchor: torch.Tensor, table: torch.Tensor, rows: torch.
     ``ssl_triple_loss``. The [B, N] logits are built once and turned into the softmax in place,
     which the backward multiplies by (no autograd graph over [B, N] temporaries)."""
     return _ContrastAll.apply(F.normalize(anchor), F.normalize(table), rows, 1.0 / tau)
+
+
+def contrast_against_factored(anchor: torch.Tensor, members: torch.Tensor, edges: torch.Tensor,
+                              rows: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`contrast_against_all` for a table T = members @ edges ([N, A] @ [A, d]) of rank A:
+    <â_b, t̂_j> = <â_b edges^T, members_j / ||T_j||>, so the [B, N] logits cost B N A
+    multiply-adds instead of B N d (LGMRec's hypergraph embeddings, A = ``hyper_num``)."""
+    norm = (members @ edges).norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return _ContrastAll.apply(F.normalize(anchor) @ edges.T, members / norm, rows, 1.0 / tau)
 
 
 class _ContrastAll(torch.autograd.Function):
@@ -188,14 +199,16 @@ class LGMRec(Recommender):
                    for m, (h_i, h_u) in out.items()}
         return out
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """(E_cge, E - E_cge, per modality (hypergraph users, hypergraph items)), node tables
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+        """(E_cge, E - E_cge, per modality (H_U, H_I, hyperedge vectors)), node tables
         [U + I, d] users first."""
         hyper = self.memberships()
         cge = self.cge()
         modal = sum(F.normalize(self.mge(m)) for m in self.modalities)
-        ghe = {m: self.hgnn(h_i, h_u, cge[self.n_users:]) for m, (h_i, h_u) in hyper.items()}
-        total = sum(torch.cat([u, i]) for u, i in ghe.values())
+        # Per modality (H_U, H_I, hyperedge vectors): E_U^m = H_U edges, E_I^m = H_I edges.
+        ghe = {m: (h_u, h_i, self.hgnn.hyperedges(h_i, cge[self.n_users:]))
+               for m, (h_i, h_u) in hyper.items()}
+        total = sum(torch.cat([h_u @ e, h_i @ e]) for h_u, h_i, e in ghe.values())
         modal = modal + self.alpha * F.normalize(total)
         return cge, modal, ghe
 
@@ -207,15 +220,23 @@ class LGMRec(Recommender):
         u, p, q = out[users], out[n + positives], out[n + negatives]
         loss = bpr_loss(u, p, q)
         if self.cl_weight:
-            (uv, iv), (ut, it) = (ghe[m] for m in self.modalities)
-            hcl = (contrast_against_all(uv[users], ut, users, self.tau)
-                   + contrast_against_all(iv[positives], it, positives, self.tau))
+            (uv, iv, ev), (ut, it, et) = (ghe[m] for m in self.modalities)
+            hcl = (self.contrast(uv[users] @ ev, ut, et, users)
+                   + self.contrast(iv[positives] @ ev, it, et, positives))
             loss = loss + self.cl_weight * hcl
         loss = loss + self.reg_weight * embedding_norm_loss(u, p, q)
         views = PluginViews(
             behavior=(cge[:n], cge[n:]), modal=(modal[:n], modal[n:]),
             modal_features=lambda rows: {m: self.item_features(m, rows) for m in self.modalities})
         return loss, views
+
+    def contrast(self, anchor: torch.Tensor, members: torch.Tensor, edges: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+        """The hypergraph contrast of ``anchor`` rows against the table members @ edges, in
+        factored form when the hyperedges are fewer than the dimensions."""
+        if edges.shape[0] < edges.shape[1]:
+            return contrast_against_factored(anchor, members, edges, rows, self.tau)
+        return contrast_against_all(anchor, members @ edges, rows, self.tau)
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,7 +65,13 @@ class HypergraphConv(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(users [U, d], items [I, d]) from memberships H_I [I, A], H_U [U, A] and item
         vectors E_I^(0) [I, d]."""
-        for _ in range(self.layers):
-            edges = item_hyper.T @ items          # H_I^T E_I^(l): [A, d]
-            items = item_hyper @ edges
-        return user_hyper @ edges, items
+        edges = self.hyperedges(item_hyper, items)
+        return user_hyper @ edges, item_hyper @ edges
+
+    def hyperedges(self, item_hyper: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The last round's hyperedge vectors H_I^T E_I^(L-1), [A, d]: both outputs are the
+        memberships times these (so they have rank at most A)."""
+        edges = item_hyper.T @ items                  # H_I^T E_I^(0): [A, d]
+        for _ in range(self.layers - 1):
+            edges = item_hyper.T @ (item_hyper @ edges)
+        return edges
