@@ -123,7 +123,8 @@ def dense_grcn(model, users, pos, neg):
         to_users.append(a_user)
     conf = model.confidence
     # w(u -> i) = relu(max_m alpha^m(u -> i) c^m_u); w(i -> u) = relu(max_m alpha^m(i -> u) c^m_i)
-    W_ui = torch.relu(torch.stack([a * conf[:n_u, k:k + 1] for k, a in enumerate(to_items)]).amax(0))
+    W_ui = torch.relu(torch.stack([a * conf[:n_u, k:k + 1]
+                                   for k, a in enumerate(to_items)]).amax(0))
     W_iu = torch.relu(torch.stack([a * conf[n_u:, k].unsqueeze(0)
                                    for k, a in enumerate(to_users)]).amax(0))
     W_ui, W_iu = W_ui * R, W_iu * R
@@ -150,7 +151,7 @@ def test_forward_and_loss_match_a_dense_transcription(routing):
     ds = toy_dataset()
     model, _ = build("GRCN", ds, f"routing={routing}", "n_layers=2", "reg_weight=0.1", seed=1)
     model.double()
-    users, pos, neg = torch.tensor([0, 2, 4, 4]), torch.tensor([1, 3, 0, 3]), torch.tensor([2, 4, 2, 4])
+    users, pos, neg = (torch.tensor(v) for v in ([0, 2, 4, 4], [1, 3, 0, 3], [2, 4, 2, 4]))
     loss = model.calculate_loss(users, pos, neg)
     ref_loss, ref_out = dense_grcn(model, users, pos, neg)
     torch.testing.assert_close(model.forward(), ref_out, rtol=1e-10, atol=1e-12)
@@ -255,7 +256,8 @@ def test_edge_ops_match_dense_and_gradcheck(backend):
     w = torch.rand(20, generator=g, dtype=torch.float64, requires_grad=True)
     x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
     a = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    dense = torch.zeros(6, 7, dtype=torch.float64).index_put((dst, src), w.detach(), accumulate=True)
+    dense = torch.zeros(6, 7, dtype=torch.float64).index_put((dst, src), w.detach(),
+                                                             accumulate=True)
     torch.testing.assert_close(edges.aggregate(w, x, backend), dense @ x.detach())
     torch.testing.assert_close(edges.edge_dot(a, x, backend), (a[dst] * x[src]).sum(1))
     torch.autograd.gradcheck(lambda w_, x_: edges.aggregate(w_, x_, backend), (w, x))

@@ -129,7 +129,7 @@ def test_forward_and_loss_match_a_dense_transcription():
     ds = toy_dataset()
     model, _ = build("LGMRec", ds, "cl_weight=0.5", "reg_weight=0.01", "hyper_num=3", seed=2)
     model.double()
-    users, pos, neg = torch.tensor([0, 2, 4, 4]), torch.tensor([1, 3, 0, 3]), torch.tensor([2, 4, 2, 4])
+    users, pos, neg = (torch.tensor(v) for v in ([0, 2, 4, 4], [1, 3, 0, 3], [2, 4, 2, 4]))
     state = model.rng.get_state()
     loss, views = model.loss_and_views(users, pos, neg)
     ref_loss, ref_out = dense_lgmrec(model, users, pos, neg, state)
@@ -218,7 +218,8 @@ def test_hypergraph_pieces():
     state = g.get_state()
     soft = gumbel_softmax(logits, 0.2, g)
     torch.testing.assert_close(soft.sum(1), torch.ones(6, dtype=torch.float64))
-    torch.testing.assert_close(gumbel_softmax(logits, 0.2, torch.Generator().set_state(state)), soft)
+    again = gumbel_softmax(logits, 0.2, torch.Generator().set_state(state))
+    torch.testing.assert_close(again, soft)
     x = torch.ones(2000, dtype=torch.float64)
     kept = keep_dropout(x, 0.25, g)
     assert set(kept.unique().tolist()) == {0.0, 4.0} and abs(kept.mean().item() - 1.0) < 0.15

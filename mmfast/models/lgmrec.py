@@ -195,7 +195,8 @@ class LGMRec(Recommender):
                 out[m] = (torch.softmax(logits_i / self.tau, 1),
                           torch.softmax(logits_u / self.tau, 1))
         if self.training:
-            out = {m: (keep_dropout(h_i, self.keep_rate, rng), keep_dropout(h_u, self.keep_rate, rng))
+            keep = self.keep_rate
+            out = {m: (keep_dropout(h_i, keep, rng), keep_dropout(h_u, keep, rng))
                    for m, (h_i, h_u) in out.items()}
         return out
 

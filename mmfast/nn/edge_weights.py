@@ -11,7 +11,7 @@ differentiable in both ``w`` and ``x``: dL/dx = A(w)^T dL/dy (the transpose prod
 dL/dw_e = <dL/dy_{dst_e}, x_{src_e}> (the sampled dense-dense product on the edges).
 :func:`segment_softmax` is the attention of a graph attention layer (PyG's ``softmax``),
 
-    alpha_e = exp(s_e - m_{dst_e}) / (sum_{e' : dst_e' = dst_e} exp(s_e' - m_{dst_e}) + 1e-16),   (2)
+    alpha_e = exp(s_e - m_t) / (sum_{e' : dst_e' = t} exp(s_e' - m_t) + 1e-16),  t = dst_e,   (2)
 
 with m_t = max of the scores into node t (a shift that cancels; it only keeps exp finite), and
 the attention scores themselves are edge-wise inner products,
@@ -90,7 +90,8 @@ class EdgeList:
                                               self.shape[::-1], g)
         return g
 
-    def aggregate(self, w: torch.Tensor, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    def aggregate(self, w: torch.Tensor, x: torch.Tensor, backend: str | None = None
+                  ) -> torch.Tensor:
         """Eq. (1): y [n_rows, d] from weights w [n_edges] (edge order) and x [n_cols, d],
         differentiable in both."""
         if w.shape != (self.n_edges,):
@@ -103,7 +104,8 @@ class EdgeList:
             return aggregate_reference(self, w, x)
         return _Aggregate.apply(w, x, self)
 
-    def edge_dot(self, a: torch.Tensor, b: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    def edge_dot(self, a: torch.Tensor, b: torch.Tensor, backend: str | None = None
+                 ) -> torch.Tensor:
         """Eq. (3): s_e = <a_{dst_e}, b_{src_e}> for every edge, [n_edges] in edge order, from
         a [n_rows, d] and b [n_cols, d]; differentiable in both."""
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != self.shape[0] \

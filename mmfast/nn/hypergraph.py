@@ -3,8 +3,8 @@ Hypergraph Embedding"): soft hyperedge memberships sampled by Gumbel-softmax, ma
 dropout, and the two-step hypergraph convolution that passes item vectors through the
 hyperedges.
 
-Membership (the paper's hyperedge dependencies): for modality m with features X^m [I, d_m] and a learnable
-hyperedge embedding V^m [d_m, A] (A = ``hyper_num`` hyperedges),
+Membership (the paper's hyperedge dependencies): for modality m with features X^m [I, d_m]
+and a learnable hyperedge embedding V^m [d_m, A] (A = ``hyper_num`` hyperedges),
 
     H_I^m = GumbelSoftmax_tau(X^m V^m),   H_U^m = GumbelSoftmax_tau(R (X^m V^m)),
 
@@ -52,8 +52,9 @@ def keep_dropout(x: torch.Tensor, keep_rate: float, generator: torch.Generator |
 
 
 class HypergraphConv(nn.Module):
-    """The convolution above: ``layers`` rounds of item -> hyperedge -> item message passing; the users read
-    the last round's hyperedge vectors through their own memberships. No parameters."""
+    """The convolution above: ``layers`` rounds of item -> hyperedge -> item message passing;
+    the users read the last round's hyperedge vectors through their own memberships. No
+    parameters."""
 
     def __init__(self, layers: int) -> None:
         super().__init__()
