@@ -1,4 +1,5 @@
-"""MMRec's training batches: shuffled (user, positive, negative) with uniform rejected negatives.
+"""MMRec's training batches: shuffled (user, positive, negative) with uniform rejected negatives,
+or (user, positive, None) without negative sampling (MMRec's ``use_neg_sampling: False``).
 
 MMRec draws, for each training pair (u, i), one item j uniformly from the items that appear
 in train and redraws while j is in u's training history. Here every draw of an epoch happens
@@ -15,7 +16,7 @@ import torch
 
 from mmfast.data.interactions import Interactions
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 class NegativeSampler:
@@ -24,6 +25,12 @@ class NegativeSampler:
     Iterating yields ``(users, positives, negatives)`` int64 tensors of ``batch_size`` rows
     (the last batch is smaller). Each iteration is a new epoch: a new shuffle and new
     negatives, continuing the generator's stream (``reseed`` restarts it).
+
+    ``negatives=False`` (MMRec's ``use_neg_sampling: False``, BM3's setting) yields
+    ``(users, positives, None)``: the same shuffle, and no negative is drawn, so the
+    generator advances by the shuffle alone (MMRec's loader then holds the two rows
+    [users; items] and draws nothing either). With the default ``True`` the batches and the
+    generator's stream are those of a sampler without the option.
     """
 
     def __init__(
@@ -35,6 +42,7 @@ class NegativeSampler:
         seed: int = 999,
         shuffle: bool = True,
         max_rounds: int = 1000,
+        negatives: bool = True,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"NegativeSampler: batch_size must be positive, got {batch_size}")
@@ -44,6 +52,7 @@ class NegativeSampler:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.max_rounds = max_rounds
+        self.negatives = bool(negatives)
         self.n_items = train.n_items
         self.users = train.users().to(self.device)
         self.positives = train.items.to(self.device)
@@ -51,7 +60,7 @@ class NegativeSampler:
         self.keys = self.users * self.n_items + self.positives
         self.candidates = torch.unique(train.items).to(self.device)
         full = torch.nonzero(train.user_degrees() >= self.candidates.numel()).flatten()
-        if full.numel():
+        if self.negatives and full.numel():
             raise ValueError(
                 f"NegativeSampler: user {int(full[0])} has interacted with every training item, "
                 "so no negative exists for it"
@@ -92,20 +101,21 @@ class NegativeSampler:
         return neg
 
     def epoch(self) -> Batch:
-        """One whole epoch as three tensors, shuffled, before batching."""
+        """One whole epoch as three tensors (the third None without negatives), shuffled,
+        before batching."""
         n = self.users.numel()
         if self.shuffle:
             perm = torch.randperm(n, generator=self.generator, device=self.device)
             users, pos = self.users[perm], self.positives[perm]
         else:
             users, pos = self.users, self.positives
-        return users, pos, self.sample(users)
+        return users, pos, self.sample(users) if self.negatives else None
 
     def __iter__(self) -> Iterator[Batch]:
         users, pos, neg = self.epoch()
         b = self.batch_size
         for s in range(0, users.numel(), b):
-            yield users[s:s + b], pos[s:s + b], neg[s:s + b]
+            yield users[s:s + b], pos[s:s + b], None if neg is None else neg[s:s + b]
 
 
 def sample_negatives_reference(

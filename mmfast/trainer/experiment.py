@@ -189,7 +189,8 @@ def _fit_point(point, params, model_cls, dataset, device, evaluate, folder, logg
     seed_everything(seed)  # MMRec reseeds before every grid point
     model = model_cls(point, dataset, device).to(device)
     logger.info(str(model))
-    sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device, seed=seed)
+    sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device, seed=seed,
+                              negatives=bool(point["use_neg_sampling"]))
     trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params, progress=bar,
                       on_evaluation=on_evaluation)
     if resuming and (folder / LAST).is_file():

@@ -1,13 +1,14 @@
 """Training of one configuration (one grid point): MMRec's epoch loop, resumable.
 
 Per epoch: ``model.current_epoch`` and the model's pre-epoch hook, a pass over freshly sampled
-(user, pos, neg) batches, each one ``model.train_step`` (loss, backward, the model's
-``after_backward`` hook, the model optimizer's step; auxiliary optimizers are the model's),
-the LambdaLR step, the post-epoch hook, then valid and test evaluation every ``eval_step``
-epochs, early stopping on the valid metric, ``best.pt`` on a new best and ``last.pt``
-(everything needed to continue: every optimizer's state, the global RNG streams and the
-model's own) every ``checkpoint_every`` epochs. The batch loss is summed on the device and
-read once per epoch, so a training step never waits for the device.
+(user, pos, neg) batches (neg None when the sampler draws none, ``use_neg_sampling: false``),
+each one ``model.train_step`` (loss, backward, the model's ``after_backward`` hook, the model
+optimizer's step; auxiliary optimizers are the model's), the LambdaLR step, the post-epoch
+hook, then valid and test evaluation every ``eval_step`` epochs, early stopping on the valid
+metric, ``best.pt`` on a new best and ``last.pt`` (everything needed to continue: every
+optimizer's state, the global RNG streams and the model's own) every ``checkpoint_every``
+epochs. The batch loss is summed on the device and read once per epoch, so a training step
+never waits for the device.
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ class Trainer:
         self.params = dict(params or {})
         self.on_evaluation = on_evaluation
         self.metric = valid_metric(config)
+        if not getattr(sampler, "negatives", True) and getattr(type(model), "uses_negatives", True):
+            raise ValueError(f"{config.get('model', type(model).__name__)} scores sampled negatives: "
+                             "it needs use_neg_sampling: true")
         # Parameters an auxiliary optimizer of the model owns stay out of the model optimizer.
         self.optimizer = torch.optim.Adam(
             model.model_parameters(), lr=float(config["learning_rate"]),
