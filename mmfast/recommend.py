@@ -7,6 +7,7 @@ one user id per line. Output: tab-separated ``userID rank itemID score`` lines.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -107,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = ["userID\trank\titemID\tscore"]
     for u, row_s, row_i in zip(users, scores.tolist(), items.tolist()):
         out += [f"{u}\t{r}\t{i}\t{s:.6f}" for r, (s, i) in enumerate(zip(row_s, row_i), 1) if i >= 0]
-    print("\n".join(out))
+    try:
+        print("\n".join(out), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
