@@ -17,6 +17,7 @@ from mmfast.data import load_dataset
 from mmfast.data.knn import knn_graph
 from mmfast.data.rw_adjacency import build_random_walk_adjacency
 from mmfast.models.base import PluginViews
+from mmfast.nn import item_graph
 from mmfast.nn.item_graph import EdgeUnion, LearnedItemGraph, edge_spmm, valued_spmm
 from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
@@ -82,11 +83,10 @@ def test_learned_graph_equals_mmrecs_dense_construction(n_modalities, layers):
     target = randn(n, 5, seed=21)
     named = {f"m{m}": feats[m] for m in range(n_modalities)}
 
-    cols, union = graph.structure(named)
-    values = graph.values(named, cols)
+    built = graph.build(named)
     h = ids
     for _ in range(layers):
-        h = valued_spmm(union, values, h)
+        h = built.multiply(h)
     ours = (h * target).sum()
 
     # The frozen graphs in float64 from the exact same (float32-rounded) values.
@@ -94,8 +94,7 @@ def test_learned_graph_equals_mmrecs_dense_construction(n_modalities, layers):
     adj = adj - lam * sum(((torch.softmax(graph.modal_weight, 0)[m] if n_modalities > 1 else 1.0)
                            * (dense_laplacian(dense_knn(raw[m], k)) - frozen[f"m{m}"].to_dense()))
                           for m in range(n_modalities))
-    torch.testing.assert_close(union.graph(values.detach()).to_dense(), adj.detach(),
-                               rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(built.constant().to_dense(), adj.detach(), rtol=1e-12, atol=1e-14)
     ref = ids
     for _ in range(layers):
         ref = adj @ ref
@@ -107,13 +106,18 @@ def test_learned_graph_equals_mmrecs_dense_construction(n_modalities, layers):
 
 
 @pytest.mark.parametrize("backend", ["mmfast", "torch"])
-def test_valued_spmm_equals_the_segment_sum(backend):
+@pytest.mark.parametrize("kind", ["coo", "rows"])
+def test_valued_spmm_equals_the_segment_sum(backend, kind, monkeypatch):
     n, nnz = 50, 400
     gen = torch.Generator().manual_seed(0)
-    parts_r = [torch.randint(0, n, (nnz,), generator=gen), torch.arange(n).repeat_interleave(3)]
-    parts_c = [torch.randint(0, n, (nnz,), generator=gen), torch.randint(0, n, (3 * n,),
-                                                                          generator=gen)]
-    union = EdgeUnion(parts_r, parts_c, n)
+    if kind == "coo":
+        parts_r = [torch.randint(0, n, (nnz,), generator=gen), torch.arange(n).repeat_interleave(3)]
+        parts_c = [torch.randint(0, n, (nnz,), generator=gen),
+                   torch.randint(0, n, (3 * n,), generator=gen)]
+        union = EdgeUnion(parts_r, parts_c, n)
+    else:  # r per row, repeated columns included; value gradient in blocks of 16 rows
+        monkeypatch.setattr(item_graph, "_DOT_ROWS", 16)
+        union = EdgeUnion.from_rows(torch.randint(0, n, (n, 7), generator=gen))
     values = randn(union.nnz, seed=3).requires_grad_()
     x = randn(n, 7, seed=4).requires_grad_()
     g = randn(n, 7, seed=5)

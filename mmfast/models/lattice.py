@@ -49,7 +49,7 @@ from mmfast.models.registry import register
 from mmfast.nn.bpr import bpr_loss
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.id_graph import LightGCNEmbeddings
-from mmfast.nn.item_graph import LearnedItemGraph, valued_spmm
+from mmfast.nn.item_graph import LearnedItemGraph
 from mmfast.nn.lift import UserLift
 from mmfast.nn.roles import image_text_roles
 from mmfast.ops import SparseGraph, propagate, spmm
@@ -113,12 +113,10 @@ class LATTICE(Recommender):
         h = self.ids.item.weight
         if not build:
             return propagate(self._graph, h, self.n_layers, "last")
-        feats = self.projected()
-        cols, union = self.item_graph.structure(feats)
-        values = self.item_graph.values(feats, cols)
-        self._graph = union.graph(values.detach())
+        graph = self.item_graph.build(self.projected())
+        self._graph = graph.constant()
         for _ in range(self.n_layers):
-            h = valued_spmm(union, values, h)
+            h = graph.multiply(h)
         return h
 
     # ------------------------------------------------------------------ the CF line

@@ -15,9 +15,10 @@ With one modality the weights are 1. Nothing here is items x items: the top k ar
 row blocks by :func:`mmfast.ops.topk_scores` without gradients, the kept similarities are then
 recomputed differentiably as row-wise dot products of the normalized features for those
 (row, col) pairs, so the gradient flows through the kept values only (the same gradient as
-the dense top-k-and-scatter form: the selection itself is piecewise constant). The sum of
-the learned and frozen graphs is a union of sparse edge lists (duplicate pairs add up, as in
-a dense sum), and :func:`valued_spmm` multiplies by it, differentiably in its values.
+the dense top-k-and-scatter form: the selection itself is piecewise constant). The product
+S x is the learned part by :func:`valued_spmm` (mmfast's spmm, differentiable in the values)
+plus λ w_m S̃_m x by spmm; the constant S of the epoch's later batches is one SparseGraph, the
+union of the sparse edge lists (duplicate pairs add up, as in MMRec's dense sum).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 from mmfast.ops import SparseGraph, spmm, topk_scores
+
+_DOT_ROWS = 4096  # rows per block of the value gradient's gather (bounded temporaries)
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +89,16 @@ class EdgeUnion:
         index = torch.int32 if self.n < 2**31 else torch.int64
         self.col_csr = col_csr.to(index)
         self.col_t = rows_sorted[by_col].to(index)
+        self.row_cols: torch.Tensor | None = None  # [n, r] when every row holds r entries
+
+    @classmethod
+    def from_rows(cls, cols: torch.Tensor) -> "EdgeUnion":
+        """The graph whose row i holds the columns cols[i] ([n, r], r entries every row)."""
+        n, r = cols.shape
+        union = cls([torch.arange(n, device=cols.device).repeat_interleave(r)],
+                    [cols.reshape(-1)], n)
+        union.row_cols = cols
+        return union
 
     @property
     def nnz(self) -> int:
@@ -118,7 +131,16 @@ class _ValuedSpmm(torch.autograd.Function):
         union = ctx.union
         grad_values = grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_values = (grad[union.rows] * x[union.cols]).sum(-1)
+            if union.row_cols is not None:  # r per row: batched dots over blocks of rows
+                cols = union.row_cols
+                grad_values = torch.empty(cols.shape, dtype=grad.dtype, device=grad.device)
+                for b0 in range(0, cols.shape[0], _DOT_ROWS):
+                    b1 = b0 + _DOT_ROWS
+                    grad_values[b0:b1] = torch.bmm(x[cols[b0:b1]],
+                                                   grad[b0:b1].unsqueeze(-1)).squeeze(-1)
+                grad_values = grad_values.reshape(-1)
+            else:
+                grad_values = (grad[union.rows] * x[union.cols]).sum(-1)
         if ctx.needs_input_grad[1]:
             grad_x = spmm(ctx.graph.T, grad)
         return grad_values, grad_x, None
@@ -138,14 +160,37 @@ def edge_spmm(union: EdgeUnion, values: torch.Tensor, x: torch.Tensor) -> torch.
     return out.index_add(0, union.rows, values.unsqueeze(1) * x[union.cols])
 
 
+class BuiltItemGraph:
+    """One build of S: the learned part (its own CSR, values [n r] with gradients), the frozen
+    graphs with their coefficients λ w_m (with gradients), and the union of all edges."""
+
+    def __init__(self, learned: EdgeUnion, values: torch.Tensor, frozen: Sequence[SparseGraph],
+                 coefs: torch.Tensor, union: EdgeUnion) -> None:
+        self.learned, self.values, self.frozen, self.coefs = learned, values, list(frozen), coefs
+        self.union = union
+
+    def multiply(self, x: torch.Tensor) -> torch.Tensor:
+        """S x, differentiable in x and in S's values (learned values and coefficients):
+        the learned part by :func:`valued_spmm`, each frozen graph by mmfast's spmm."""
+        out = valued_spmm(self.learned, self.values, x)
+        for j, g in enumerate(self.frozen):
+            out = out + self.coefs[j] * spmm(g, x)
+        return out
+
+    def constant(self) -> SparseGraph:
+        """S as one constant SparseGraph (the union of the edges, duplicates adding)."""
+        parts = [self.values.detach()] + [self.coefs[j].detach() * g.val
+                                          for j, g in enumerate(self.frozen)]
+        return self.union.graph(torch.cat(parts))
+
+
 class LearnedItemGraph(nn.Module):
     """S = (1 - λ) A_learned + λ sum_m w_m S̃_m (module docstring), w = softmax(ω) over the
     modalities (ω starts at 0.5 each, trainable; one modality: w = 1).
 
-    Use: :meth:`structure` (no gradient: each modality's top k and the union with the frozen
-    graphs), then :meth:`values` (differentiable in the features and ω) for that structure;
-    ``structure.graph(values.detach())`` is the constant graph, :func:`valued_spmm` the
-    differentiable product."""
+    :meth:`build` finds each modality's top k without gradients and returns the
+    :class:`BuiltItemGraph` whose values are differentiable in the features and ω:
+    ``multiply`` for the product with gradients, ``constant`` for a plain SparseGraph."""
 
     def __init__(self, frozen: Mapping[str, SparseGraph], k: int, lambda_coeff: float,
                  *, block_rows: int = 8192) -> None:
@@ -169,30 +214,21 @@ class LearnedItemGraph(nn.Module):
             return torch.ones_like(self.modal_weight)
         return torch.softmax(self.modal_weight, dim=0)
 
-    @torch.no_grad()
-    def structure(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, EdgeUnion]:
-        """(the learned columns [n, M k], modalities side by side, and the union of their
-        edges with the frozen graphs' edges) from the projected features of each modality."""
-        cols = torch.cat([knn_columns(features[m], self.k, self.block_rows)
-                          for m in self.modalities], dim=1)
-        n = cols.shape[0]
-        rows = [torch.arange(n, device=cols.device).repeat_interleave(cols.shape[1])]
-        frozen = [self.frozen(m) for m in self.modalities]
-        union = EdgeUnion(rows + [g.row_indices() for g in frozen],
-                          [cols.reshape(-1)] + [g.col for g in frozen], n)
-        return cols, union
-
-    def values(self, features: Mapping[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
-        """The union's values [nnz] in parts order: (1 - λ) A_learned then λ w_m S̃_m."""
+    def build(self, features: Mapping[str, torch.Tensor]) -> BuiltItemGraph:
+        """S from the projected features of each modality [n, d_m]."""
+        with torch.no_grad():
+            cols = torch.cat([knn_columns(features[m], self.k, self.block_rows)
+                              for m in self.modalities], dim=1)
+            learned = EdgeUnion.from_rows(cols)
+            frozen = [self.frozen(m) for m in self.modalities]
+            union = EdgeUnion([learned.rows] + [g.row_indices() for g in frozen],
+                              [learned.cols] + [g.col for g in frozen], cols.shape[0])
         w = self.weights()
         k = cols.shape[1] // len(self.modalities)
-        learned = torch.cat([w[j] * kept_cosines(features[m], cols[:, j * k:(j + 1) * k])
-                             for j, m in enumerate(self.modalities)], dim=1)
-        learned = symmetric_row_normalize(learned, cols)
-        lam = self.lambda_coeff
-        parts = [(1.0 - lam) * learned.reshape(-1)]
-        parts += [lam * w[j] * self.frozen(m).val for j, m in enumerate(self.modalities)]
-        return torch.cat(parts)
+        values = torch.cat([w[j] * kept_cosines(features[m], cols[:, j * k:(j + 1) * k])
+                            for j, m in enumerate(self.modalities)], dim=1)
+        values = (1.0 - self.lambda_coeff) * symmetric_row_normalize(values, cols)
+        return BuiltItemGraph(learned, values.reshape(-1), frozen, self.lambda_coeff * w, union)
 
     def extra_repr(self) -> str:
         return f"modalities={self.modalities}, k={self.k}, lambda_coeff={self.lambda_coeff}"
