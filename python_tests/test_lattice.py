@@ -149,7 +149,7 @@ def test_shapes_registration_and_training(tiny, cf):
 
 
 def lattice_reference(model, ds, users, pos, neg, graph_adj=None):
-    """MMRec's LATTICE (cf_model lightgcn) forward and loss, dense, float64, from the model's
+    """MMRec's LATTICE forward and loss, dense, float64, from the model's
     parameters. ``graph_adj``: a constant item_adj (a batch that does not build the graph)."""
     roles = model.item_graph.modalities
     feats = [model.modal.projections[m](model.modal.features[m]) for m in roles]
@@ -178,10 +178,15 @@ def lattice_reference(model, ds, users, pos, neg, graph_adj=None):
     p = (a / a.sum(1, keepdim=True)).float().double()  # cached in float32, as mmfast keeps it
     ego = torch.cat([model.ids.user.weight, model.ids.item.weight])
     layers = [ego]
-    for _ in range(len(cfg["weight_size"])):
-        ego = p @ ego
-        layers.append(ego)
-    out = torch.stack(layers, 1).mean(1)
+    for i in range(len(cfg["weight_size"])):
+        if cfg["cf_model"] == "lightgcn":
+            ego = p @ ego
+            layers.append(ego)
+        elif cfg["cf_model"] == "ngcf":  # in eval mode: no message dropout
+            side = p @ ego
+            ego = (F.leaky_relu(model.gc[i](side)) + F.leaky_relu(model.bi[i](ego * side)))
+            layers.append(F.normalize(ego, p=2, dim=1))
+    out = torch.stack(layers, 1).mean(1) if cfg["cf_model"] != "mf" else ego
     u_g, i_g = out[:nu], out[nu:] + F.normalize(h, p=2, dim=1)
     u, pi, ni_ = u_g[users], i_g[pos], i_g[neg]
     mf = -F.logsigmoid((u * pi).sum(1) - (u * ni_).sum(1)).mean()
@@ -189,11 +194,14 @@ def lattice_reference(model, ds, users, pos, neg, graph_adj=None):
     return mf + float(cfg["reg_weight"]) * reg, adj, (u_g, i_g)
 
 
-@pytest.mark.parametrize("drop", [None, "text"], ids=["two-modalities", "image-only"])
-def test_forward_and_loss_match_mmrec_in_float64(tiny, drop):
+@pytest.mark.parametrize("drop,cf", [(None, "lightgcn"), ("text", "lightgcn"), (None, "ngcf"),
+                                     (None, "mf")],
+                         ids=["two-modalities", "image-only", "ngcf", "mf"])
+def test_forward_and_loss_match_mmrec_in_float64(tiny, drop, cf):
     ds = tiny if drop is None else with_features(tiny, image=tiny.features["image"])
-    model, _ = build("LATTICE", ds, "reg_weight=0.1", "n_layers=2", seed=5)
+    model, _ = build("LATTICE", ds, "reg_weight=0.1", "n_layers=2", f"cf_model={cf}", seed=5)
     model.double()
+    model.eval()  # ngcf: no message dropout
     with torch.no_grad():
         model.item_graph.modal_weight.copy_(torch.tensor([0.2, 0.7][:len(model.item_graph.modalities)]))
     users, pos, neg = one_batch(ds)
