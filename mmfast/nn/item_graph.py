@@ -53,10 +53,40 @@ def knn_columns(x: torch.Tensor, k: int, block_rows: int = 8192,
     return cols
 
 
-def kept_cosines(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """cos(x_i, x_cols[i, j]) [n, k], differentiable in x (through the normalization too)."""
-    xn = unit_rows(x)
-    return (xn.unsqueeze(1) * xn[cols]).sum(-1)
+def _row_dots(a: torch.Tensor, b: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """<a_i, b_cols[i, j]> [n, r], in blocks of rows (bounded temporaries)."""
+    out = torch.empty(cols.shape, dtype=a.dtype, device=a.device)
+    for b0 in range(0, cols.shape[0], _DOT_ROWS):
+        b1 = b0 + _DOT_ROWS
+        out[b0:b1] = torch.bmm(b[cols[b0:b1]], a[b0:b1].unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+class _KeptDots(torch.autograd.Function):
+    """s_ij = <x_i, x_cols[i, j]>; ds gives dx = G x + G^T x with G the graph of the kept
+    pairs valued ds (two mmfast spmm, no scatter of n r d temporaries)."""
+
+    @staticmethod
+    def forward(ctx, x, union):
+        ctx.union = union
+        ctx.save_for_backward(x)
+        return _row_dots(x, x, union.row_cols)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        g = ctx.union.graph(grad.reshape(-1))
+        return spmm(g, x) + spmm(g.T, x), None
+
+
+def kept_cosines(x: torch.Tensor, cols: torch.Tensor,
+                 union: "EdgeUnion | None" = None) -> torch.Tensor:
+    """cos(x_i, x_cols[i, j]) [n, k], differentiable in x (through the normalization too).
+    ``union``: ``EdgeUnion.from_rows(cols)`` when already built."""
+    if union is None:
+        with torch.no_grad():
+            union = EdgeUnion.from_rows(cols)
+    return _KeptDots.apply(unit_rows(x), union)
 
 
 def symmetric_row_normalize(values: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -132,13 +162,7 @@ class _ValuedSpmm(torch.autograd.Function):
         grad_values = grad_x = None
         if ctx.needs_input_grad[0]:
             if union.row_cols is not None:  # r per row: batched dots over blocks of rows
-                cols = union.row_cols
-                grad_values = torch.empty(cols.shape, dtype=grad.dtype, device=grad.device)
-                for b0 in range(0, cols.shape[0], _DOT_ROWS):
-                    b1 = b0 + _DOT_ROWS
-                    grad_values[b0:b1] = torch.bmm(x[cols[b0:b1]],
-                                                   grad[b0:b1].unsqueeze(-1)).squeeze(-1)
-                grad_values = grad_values.reshape(-1)
+                grad_values = _row_dots(grad, x, union.row_cols).reshape(-1)
             else:
                 grad_values = (grad[union.rows] * x[union.cols]).sum(-1)
         if ctx.needs_input_grad[1]:
@@ -217,15 +241,15 @@ class LearnedItemGraph(nn.Module):
     def build(self, features: Mapping[str, torch.Tensor]) -> BuiltItemGraph:
         """S from the projected features of each modality [n, d_m]."""
         with torch.no_grad():
-            cols = torch.cat([knn_columns(features[m], self.k, self.block_rows)
-                              for m in self.modalities], dim=1)
+            per = [knn_columns(features[m], self.k, self.block_rows) for m in self.modalities]
+            per_union = [EdgeUnion.from_rows(c) for c in per]
+            cols = torch.cat(per, dim=1)
             learned = EdgeUnion.from_rows(cols)
             frozen = [self.frozen(m) for m in self.modalities]
             union = EdgeUnion([learned.rows] + [g.row_indices() for g in frozen],
                               [learned.cols] + [g.col for g in frozen], cols.shape[0])
         w = self.weights()
-        k = cols.shape[1] // len(self.modalities)
-        values = torch.cat([w[j] * kept_cosines(features[m], cols[:, j * k:(j + 1) * k])
+        values = torch.cat([w[j] * kept_cosines(features[m], per[j], per_union[j])
                             for j, m in enumerate(self.modalities)], dim=1)
         values = (1.0 - self.lambda_coeff) * symmetric_row_normalize(values, cols)
         return BuiltItemGraph(learned, values.reshape(-1), frozen, self.lambda_coeff * w, union)
