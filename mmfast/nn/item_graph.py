@@ -15,7 +15,8 @@ With one modality the weights are 1. Nothing here is items x items: the top k ar
 row blocks by :func:`mmfast.ops.topk_scores` without gradients, the kept similarities are then
 recomputed differentiably as row-wise dot products of the normalized features for those
 (row, col) pairs, so the gradient flows through the kept values only (the same gradient as
-the dense top-k-and-scatter form: the selection itself is piecewise constant). The product
+the dense top-k-and-scatter form: the selection itself is piecewise constant); their
+gradient goes back to the features as two spmm on the graph of the kept pairs. The product
 S x is the learned part by :func:`valued_spmm` (mmfast's spmm, differentiable in the values)
 plus λ w_m S̃_m x by spmm; the constant S of the epoch's later batches is one SparseGraph, the
 union of the sparse edge lists (duplicate pairs add up, as in MMRec's dense sum).
@@ -29,7 +30,7 @@ from torch import nn
 
 from mmfast.ops import SparseGraph, spmm, topk_scores
 
-_DOT_ROWS = 4096  # rows per block of the value gradient's gather (bounded temporaries)
+_DOT_ROWS = 4096  # rows per block of the gathered row-wise dots (bounded temporaries)
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
