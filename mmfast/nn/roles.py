@@ -25,3 +25,10 @@ def visual_textual(modalities: Sequence[str], owner: str, *, need_both: bool
     if visual is None and len(others) == 2:  # no image: the first listed plays the visual role
         visual = others.pop(0)
     return visual, (others[0] if others else None)
+
+
+def image_text_roles(available: Sequence[str], model: str, *, need: int = 1) -> list[str]:
+    """The roles of :func:`visual_textual` as a list in role order, [visual, textual], without
+    an absent one (``need=2``: both required)."""
+    visual, textual = visual_textual(available, model, need_both=need == 2)
+    return [m for m in (visual, textual) if m is not None]
