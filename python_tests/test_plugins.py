@@ -36,7 +36,8 @@ class _ToyBase(Recommender):
         super().__init__(config, dataset, device)
         d = int(config["embedding_size"])
         self.ids = LightGCNEmbeddings(self.n_users, self.n_items, d)
-        self.proj = ModalityProjection({m: dataset.feature(m).float() for m in dataset.modalities}, d)
+        raw = {m: dataset.feature(m).float() for m in dataset.modalities}
+        self.proj = ModalityProjection(raw, d)
         self.adj = dataset.norm_adj()
         self.lift = UserLift(dataset.user_item_lift())
 

@@ -85,9 +85,10 @@ class SeparateLearningPlugin(Plugin):
         for m in self.sea_modalities:
             if dims[m] % 2:
                 key = getattr(self, "modal_width_key", None)
+                base = type(self).base_model.__name__
                 raise ValueError(
-                    f"{name} splits the {dims[m]}-d {m} features of {type(self).base_model.__name__} "
-                    "in half: " + (f"{key} must be even" if key else "their width must be even"))
+                    f"{name} splits the {dims[m]}-d {m} features of {base} in half: "
+                    + (f"{key} must be even" if key else "their width must be even"))
         self.sea_aux_rows = check_aux_rows(str(config["aux_rows"]))
         self.separate = separate_learning(config, {m: dims[m] // 2 for m in self.sea_modalities})
         club_lr = config.get("club_lr")

@@ -32,6 +32,7 @@ from torch import nn
 
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import PluginViews, Recommender
+from mmfast.models.plugins import wants_view
 from mmfast.models.registry import register
 from mmfast.nn import bpr_loss, check_features, embedding_norm_loss
 
@@ -95,13 +96,21 @@ class VBPR(Recommender):
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         """VBPR's loss and its views: behaviour (γ_u, γ_i), modal (θ_u, E f_i + b), the
         per-modality blocks E_m f^m as modal features."""
-        content = self.content()
+        features = None
+        if wants_view(self, "modal_features"):
+            # E f + b as the sum of the blocks SEA reads: one pass of E over the items, not two.
+            blocks = self.modal_features(None)
+            content = sum(blocks.values()) + self.item_linear.bias
+            features = lambda rows: blocks if rows is None else {  # noqa: E731
+                m: b[rows] for m, b in blocks.items()}
+        else:
+            content = self.content()
         items = torch.cat([self.i_embedding, content], dim=1)
         u = self.u_embedding
         loss = self.vbpr_loss(u[users], items[positives], items[negatives])
         d = self.dim
         return loss, PluginViews(behavior=(u[:, :d], self.i_embedding), modal=(u[:, d:], content),
-                                 modal_features=self.modal_features)
+                                 modal_features=features)
 
     def modal_features(self, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{modality: E_m f^m[rows]}, each modality's block of E (no bias), d wide."""
