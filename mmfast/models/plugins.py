@@ -9,7 +9,8 @@ The protocol (a model that wants plug-ins):
 * declare the views it fills: ``plugin_views = ("behavior", "modal", "modal_features")``
   (optional: without it a plug-in composes and checks the views at the first training step);
 * for ``+SEA``: ``modal_feature_dims() -> {modality: width}``, the widths of the per-modality
-  item features ``modal_features(rows)`` returns (each is split in half);
+  item features ``modal_features(rows)`` returns (each is split in half; optionally
+  ``modal_width_key``, the config key that sets them, for the odd-width error);
 * optionally skip views no attached plug-in reads: a composed class sets ``plugin_needs`` (a
   frozenset of view names; ``None`` on a bare model, meaning "fill every view").
 
