@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a progress bar per epoch (auto: when stderr is a terminal)")
     p.add_argument("--show-config", action="store_true",
                    help="print the resolved configuration and exit")
-    p.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    p.add_argument("--list-models", action="store_true",
+                   help="print the registered models and the plug-in combinations they take")
     return p
 
 
@@ -124,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in models.available():
             also = models.aliases(name)
             print(name + (f"  (also: {', '.join(also)})" if also else ""))
+        from mmfast.models.registry import combinations
+
+        combos = combinations()
+        if combos:
+            print("\nwith plug-ins (-m MODEL+PLUGIN; they chain: A+SEA+BMA):")
+            for name, note in combos:
+                print(name + (f"  ({note})" if note else ""))
         return 0
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     try:

@@ -17,11 +17,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 from mmfast.models.alignrec import ALIGNREC  # noqa: E402
 from mmfast.models.drepmrec import DREPMREC  # noqa: E402
 from mmfast.models.freedom import FREEDOM  # noqa: E402
-from mmfast.models.freedom_bma import FREEDOMBMA  # noqa: E402
-from mmfast.models.freedom_sea import FREEDOMSEA  # noqa: E402
 from mmfast.models.lightgcn import LightGCN  # noqa: E402
 from mmfast.models.sea import SAND, SEA  # noqa: E402
 
-__all__ = ["ALIGNREC", "DREPMREC", "FREEDOM", "FREEDOMBMA", "FREEDOMSEA", "LightGCN", "SAND", "SEA",
+__all__ = ["ALIGNREC", "DREPMREC", "FREEDOM", "LightGCN", "SAND", "SEA",
            "PluginViews", "Recommender", "UnknownModelError", "aliases", "available", "canonical",
            "get", "register"]

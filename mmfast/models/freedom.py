@@ -6,20 +6,26 @@ Forward: h = S^L_mm e_item (S the mixed kNN graph, frozen); [u; i] = mean of lay
 ``reg_weight`` times the BPR of the users against each modality's projected features
 (``Linear(feature) -> feat_embed_dim``). Evaluation uses the full Â, no pruning.
 
+Plug-ins (``-m FREEDOM+SEA``, ``-m FREEDOM+BMA``; ``mmfast/models/plugins.py``): the behaviour
+view is (u, i) of the pruned Â, the modal view (R̂ h, h) (users lifted by the training graph's
+R̂), the modal features the per-modality projections W_m x^m + b_m (``feat_embed_dim`` wide).
+
 Reference: Xin Zhou and Zhiqi Shen. "A Tale of Two Graphs: Freezing and Denoising Graph
 Structures for Multimodal Recommendation." ACM MM 2023.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
 from mmfast.data.dataset import Dataset
 from mmfast.data.knn import item_knn_graph, modality_weights
-from mmfast.models.base import Recommender
+from mmfast.models.base import PluginViews, Recommender
+from mmfast.models.plugins import wants_view
 from mmfast.models.registry import register
 from mmfast.nn import DegreeSensitivePruning, LightGCNEmbeddings, ModalityProjection, bpr_loss
+from mmfast.nn.lift import UserLift
 from mmfast.ops import SparseGraph, propagate
 
 
@@ -28,6 +34,9 @@ class FREEDOM(Recommender):
     """Multimodal baseline. Config: ``embedding_size``, ``feat_embed_dim``, ``n_mm_layers``,
     ``n_ui_layers``, ``knn_k``, ``mm_image_weight``, ``dropout``, ``reg_weight``,
     ``freeze_features``."""
+
+    plugin_views: ClassVar[tuple[str, ...]] = ("behavior", "modal", "modal_features")
+    modal_width_key: ClassVar[str] = "feat_embed_dim"
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -54,6 +63,9 @@ class FREEDOM(Recommender):
         self.pruning = DegreeSensitivePruning(dataset.train, float(config["dropout"]), self.device)
         self.full_adj = self.pruning.full()
         self.train_adj = self.full_adj
+        # R̂, for the modal view's users; built only when a plug-in reads that view.
+        self.lift = (UserLift(dataset.user_item_lift().to(self.device))
+                     if wants_view(self, "modal") else None)
 
     def pre_epoch_processing(self) -> None:
         self.train_adj = self.pruning.sample()
@@ -72,6 +84,23 @@ class FREEDOM(Recommender):
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.train_adj)
         return self.freedom_loss(u, i, users, positives, negatives)
+
+    def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
+        """FREEDOM's loss and its views: behaviour (u, i), modal (R̂ h, h), the per-modality
+        projections as modal features."""
+        u, i, h = self.lines(self.train_adj)
+        loss = self.freedom_loss(u, i + h, users, positives, negatives)
+        return loss, PluginViews(
+            behavior=(u, i),
+            modal=(self.lift(h), h) if self.lift is not None else None,
+            modal_features=self.modal_features)
+
+    def modal_features(self, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{modality: W_m x^m[rows] + b_m} (all items when ``rows`` is None)."""
+        return {m: self.modal(m, rows) for m in self.modal.modalities}
+
+    def modal_feature_dims(self) -> dict[str, int]:
+        return {m: self.modal.projections[m].out_features for m in self.modal.modalities}
 
     def freedom_loss(self, u, i, users, positives, negatives) -> torch.Tensor:
         """FREEDOM's loss from the final user and item vectors."""

@@ -12,6 +12,7 @@ after alignment: ``sum`` (the figure's E_G = Ē_B + Ē_M) or ``concat``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfast.ops import solosim_loss
@@ -59,12 +60,21 @@ class BehaviorModalAlignment(nn.Module):
 
     def forward(self, b_u: torch.Tensor, b_i: torch.Tensor, m_u: torch.Tensor,
                 m_i: torch.Tensor) -> torch.Tensor:
+        # Each input enters two terms: normalized once here, the terms then take unit rows
+        # (the same values as NCE on the raw rows; the gradients agree to rounding).
+        b_u, b_i, m_u, m_i = (F.normalize(x, dim=1) for x in (b_u, b_i, m_u, m_i))
         loss = b_u.new_zeros(())
         if self.inter_weight:
-            loss = loss + self.inter_weight * self.inter(b_u, b_i, m_u, m_i)
+            tb_u, tb_i = (b_u.detach(), b_i.detach()) if self.detach_cross else (b_u, b_i)
+            inter = self._unit_nce(m_u, tb_u) + self._unit_nce(m_i, tb_i)
+            loss = loss + self.inter_weight * inter
         if self.intra_weight:
-            loss = loss + self.intra_weight * self.intra(b_u, b_i, m_u, m_i)
+            intra = self._unit_nce(b_u, b_i) + self._unit_nce(m_u, m_i)
+            loss = loss + self.intra_weight * intra
         return loss
+
+    def _unit_nce(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return solosim_loss(a, b, self.temperature, normalize=False)
 
     def fuse(self, behavior: torch.Tensor, modal: torch.Tensor) -> torch.Tensor:
         """The final representation: behavior + modal, or [behavior ‖ modal]."""
