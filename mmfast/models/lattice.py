@@ -35,7 +35,7 @@ saved stream. With one modality ω is unused, as in MMRec.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,9 @@ CF_MODELS = ("lightgcn", "ngcf", "mf")
 @register()
 class LATTICE(Recommender):
     """LATTICE. Config: ``configs/model/LATTICE.yaml``."""
+
+    plugin_views: ClassVar[tuple[str, ...]] = ("behavior", "modal", "modal_features")
+    modal_width_key: ClassVar[str] = "feat_embed_dim"
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -140,6 +143,10 @@ class LATTICE(Recommender):
         return out[: self.n_users], out[self.n_users:]
 
     # ------------------------------------------------------------------ loss, views
+    def modal_feature_dims(self) -> dict[str, int]:
+        """Widths of the per-modality item features (``+SEA`` splits them in half)."""
+        return {m: self.modal.projections[m].out_features for m in self.modal.modalities}
+
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         build, self.build_item_graph = self.build_item_graph, False
         h = F.normalize(self.item_line(build), p=2, dim=1)

@@ -45,7 +45,7 @@ value as MMRec's exp / sum, without overflow).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,9 @@ class _ContrastAll(torch.autograd.Function):
 @register()
 class LGMRec(Recommender):
     """LGMRec (module docstring). Config: ``configs/model/LGMRec.yaml``."""
+
+    plugin_views: ClassVar[tuple[str, ...]] = ("behavior", "modal", "modal_features")
+    modal_width_key: ClassVar[str] = "feat_embed_dim"
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -214,6 +217,10 @@ class LGMRec(Recommender):
         return cge, modal, ghe
 
     # ------------------------------------------------------------------ contract
+    def modal_feature_dims(self) -> dict[str, int]:
+        """Widths of the per-modality item features (``+SEA`` splits them in half)."""
+        return {m: int(self.item_trs[m].shape[1]) for m in self.modalities}
+
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         cge, modal, ghe = self.forward()
         out = cge + modal

@@ -27,7 +27,7 @@ as in MMRec.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -49,6 +49,9 @@ from mmfast.ops import propagate, solosim_loss
 @register()
 class MGCN(Recommender):
     """MGCN. Config: ``configs/model/MGCN.yaml``."""
+
+    plugin_views: ClassVar[tuple[str, ...]] = ("behavior", "modal", "modal_features")
+    modal_width_key: ClassVar[str] = "embedding_size"
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -90,6 +93,10 @@ class MGCN(Recommender):
         for m, e in zip(self.roles, branches):
             side = side + torch.sigmoid(self.prefer[m](content)) * (e - common)
         return content, side / 3
+
+    def modal_feature_dims(self) -> dict[str, int]:
+        """Widths of the per-modality item features (``+SEA`` splits them in half)."""
+        return {m: self.modal.projections[m].out_features for m in self.roles}
 
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         content, side = self.views()
