@@ -9,7 +9,7 @@ preference table d_m wide). Then three layers (MMRec hard-codes three;
 
     h = LeakyReLU(M (x W_l))          (Eq. 1, M = D^-1 A: ``aggr_mode`` mean, MMRec's fixed choice)
     x̂ = LeakyReLU(L_l x) + e_id       (Eq. 5, e_id the ID embeddings)
-    x = LeakyReLU(G_l [h || x̂])       (Eq. 6, the concatenation combination)
+    x = LeakyReLU(G_l [h || x̂])       (the combination layer, concatenating)
 
 and the representation is the mean over modalities of the last x; users and items are its
 two blocks, the score their inner product. Loss: BPR (log sigmoid) plus ``reg_weight`` times

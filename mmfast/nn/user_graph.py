@@ -14,8 +14,8 @@ USER_AGGR_MODES = ("softmax", "mean")
 
 
 class UserGraphAggregation(nn.Module):
-    """h_u = Σ_{j=1..k} a_uj e_{n_uj} (DualGNN Eq. (9)-(10), DRAGON Eq. (7): the user-user
-    graph's aggregation; the models then use e_u + h_u).
+    """h_u = Σ_{j=1..k} a_uj e_{n_uj} (the user co-occurrence aggregation of DualGNN and of
+    DRAGON's user-user homogeneous graph; the models then use e_u + h_u).
 
     Each epoch (:meth:`resample`), user u's k = ``k`` (40) neighbours n_u1..n_uk are the first k
     of its co-interaction list (:class:`mmfast.data.user_graph.UserGraph`, counts c). A user
