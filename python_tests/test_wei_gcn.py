@@ -34,6 +34,7 @@ from trainer_helpers import (  # noqa: F401 (autouse fixtures)
     with_features,
 )
 from trainer_helpers import build_model as build
+from test_host_syncs import counted_reads
 
 MODELS = ["MMGCN", "DualGNN", "DRAGON"]
 
@@ -271,6 +272,17 @@ def test_forward_and_loss_match_a_dense_transcription(tiny, name, sets, referenc
     if name == "MMGCN" and sets:  # three layers unless ignore_n_layers is off
         assert len(model.gcns["image"].conv) == 2
         assert id(model.id_embedding) in {id(p) for p in params}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_step_reads_nothing_back(tiny, name):
+    model, _ = build(name, tiny)
+    model.pre_epoch_processing()  # the epoch's sampling may read (once per epoch)
+    users, pos, neg = one_batch(tiny)
+    model.calculate_loss(users, pos, neg).backward()
+    with counted_reads() as calls:
+        model.calculate_loss(users, pos, neg).backward()
+    assert calls == []
 
 
 def test_dragon_plugin_views(tiny):
