@@ -1,5 +1,5 @@
-"""One modality's graph line in DRAGON and SEA: an item MLP over the modality's features, a free
-user preference table, and parameter-free propagation over Â."""
+"""One modality's graph line in DualGNN, DRAGON and SEA: an item MLP over the modality's features,
+a free user preference table, and parameter-free propagation over the user-item graph."""
 from __future__ import annotations
 
 import torch
@@ -10,12 +10,14 @@ from mmfast.ops import SparseGraph, propagate
 
 
 class ModalityGNN(nn.Module):
-    """SEA/SAND's per-modality GNN (MODELS.md §2.2 step 3; DRAGON's modality graph without the
-    user-user graph):
+    """DualGNN/DRAGON's per-modality GNN (MMRec's ``GCN`` with its two ``Base_gcn`` steps), which
+    SEA/SAND keep (MODELS.md §2.2 step 3):
 
     a_i = W2 LeakyReLU(W1 z_i + c1) + c2 (d_in -> ``hidden`` -> ``dim``), a user preference
     table P (xavier-normal), X = rownorm([P; A]) and E = sum_{k=0..layers} Â^k X (a **sum**
-    over layers, not a mean). ``forward`` returns E split into users and items.
+    over layers, not a mean). ``forward`` returns E split into users and items. ``adj`` is the
+    propagation matrix of MMRec's ``aggr_mode`` (:func:`mmfast.data.aggregation.aggregation_graph`:
+    ``add`` = Â, ``mean`` = D^-1 A).
     """
 
     def __init__(self, n_users: int, in_dim: int, *, hidden: int = 256, dim: int = 64,
