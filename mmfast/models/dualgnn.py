@@ -41,7 +41,7 @@ from mmfast.data.user_graph import dataset_user_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import ModalityGNN, UserModalityWeights, bpr_loss, check_features, log2_scale
-from mmfast.nn.modality_roles import visual_textual_roles
+from mmfast.nn.roles import visual_textual_roles
 from mmfast.nn.user_graph import UserGraphAggregation
 
 

@@ -47,7 +47,7 @@ from mmfast.data.dataset import Dataset
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import bpr_loss, check_features
-from mmfast.nn.modality_roles import visual_textual_roles
+from mmfast.nn.roles import visual_textual_roles
 from mmfast.ops import SparseGraph, spmm
 
 

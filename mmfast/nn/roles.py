@@ -32,3 +32,10 @@ def image_text_roles(available: Sequence[str], model: str, *, need: int = 1) -> 
     an absent one (``need=2``: both required)."""
     visual, textual = visual_textual(available, model, need_both=need == 2)
     return [m for m in (visual, textual) if m is not None]
+
+
+def visual_textual_roles(available: Sequence[str], model: str) -> dict[str, str]:
+    """The roles of :func:`visual_textual` as ``{"v": modality, "t": modality}``, an absent role
+    left out, ``v`` first (MMRec's order of summing)."""
+    visual, textual = visual_textual(available, model, need_both=False)
+    return {k: m for k, m in (("v", visual), ("t", textual)) if m is not None}
