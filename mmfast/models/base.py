@@ -60,6 +60,13 @@ class Recommender(nn.Module):
     config_file: ClassVar[str | Path | None] = None
     defaults: ClassVar[Mapping[str, Any]] = {}
     config_overrides: ClassVar[Mapping[str, Any]] = {}
+    # False: the loss reads no sampled negatives (BM3, SLMRec), so the model trains with
+    # ``use_neg_sampling: false`` and its batches are (users, positives, None).
+    uses_negatives: ClassVar[bool] = True
+    # The PluginViews fields ``loss_and_views`` fills (None: undeclared, checked when training),
+    # and for ``+SEA`` the config key behind ``modal_feature_dims()`` (see mmfast/models/plugins.py).
+    plugin_views: ClassVar[tuple[str, ...] | None] = None
+    modal_width_key: ClassVar[str | None] = None
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__()

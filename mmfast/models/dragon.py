@@ -35,7 +35,7 @@ by the features and every parameter.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -50,6 +50,9 @@ from mmfast.nn import RelationGraph, bpr_loss, log2_scale
 @register()
 class DRAGON(DualGraphBase):
     """DRAGON. Config: see ``configs/model/DRAGON.yaml``."""
+
+    plugin_views: ClassVar[tuple[str, ...]] = ("behavior", "modal", "modal_features")
+    modal_width_key: ClassVar[str] = "embedding_size"
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -99,6 +102,9 @@ class DRAGON(DualGraphBase):
             x = getattr(self, f"raw_{m}")
             out[m] = self.gnns[m].item_mlp(x if rows is None else x[rows])
         return out
+
+    def modal_feature_dims(self) -> dict[str, int]:
+        return {m: self.gnns[m].item_mlp[-1].out_features for m in self.modalities}
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,7 +65,7 @@ class Trainer:
         self.params = dict(params or {})
         self.on_evaluation = on_evaluation
         self.metric = valid_metric(config)
-        if not getattr(sampler, "negatives", True) and getattr(type(model), "uses_negatives", True):
+        if not getattr(sampler, "negatives", True) and type(model).uses_negatives:
             raise ValueError(f"{config.get('model', type(model).__name__)} scores sampled negatives: "
                              "it needs use_neg_sampling: true")
         # Parameters an auxiliary optimizer of the model owns stay out of the model optimizer.
