@@ -12,9 +12,9 @@ import torch
 from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.nn import BehaviorModalAlignment, FilterGate, ModalityFusion, SimilaritySupervision
-from mmfast.ops import use_backend
 from mmfast.trainer import run
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_backends_agree,
     assert_loss_decreases, one_batch, one_thread, private_cache, tiny_config, with_features,
 )
 from trainer_helpers import build_model as build
@@ -55,16 +55,6 @@ def test_loss_decreases(tiny, name):
     assert_loss_decreases(model, tiny)
 
 
-def _one_step(model, users, pos, neg, backend):
-    model.zero_grad(set_to_none=True)
-    with use_backend(backend):
-        loss = model.calculate_loss(users, pos, neg)
-        loss.backward()
-        embeddings = model.embeddings()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, embeddings
-
-
 @pytest.mark.parametrize("name,sets", [
     ("DREPMREC", []),
     ("DREPMREC", ["user_modal=uu_graph", "modal_fuse=attn", "s3_on_users=true",
@@ -72,20 +62,7 @@ def _one_step(model, users, pos, neg, backend):
     ("FREEDOM+BMA", []),
 ], ids=["DREPMREC", "DREPMREC-switches", "FREEDOM+BMA"])
 def test_both_backends_agree_at_one_step(tiny, name, sets):
-    users, pos, neg = one_batch(tiny)
-    results = []
-    for backend in ("mmfast", "torch"):
-        model, _ = build(name, tiny, *sets, seed=3)
-        model.double()
-        results.append(_one_step(model, users, pos, neg, backend))
-    (la, ga, ea), (lb, gb, eb) = results
-    assert la.dtype == torch.float64
-    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
-    assert ga.keys() == gb.keys() and len(ga) >= 4
-    for n in ga:
-        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
-    for a, b in zip(ea, eb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_backends_agree(name, tiny, *sets)
 
 
 SWITCHES = [

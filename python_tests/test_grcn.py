@@ -14,9 +14,9 @@ from mmfast import models
 from mmfast.data import Dataset, load_dataset
 from mmfast.data.interactions import Interactions
 from mmfast.nn.edge_weights import EdgeList, segment_softmax
-from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_backends_agree,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
 )
@@ -64,34 +64,9 @@ def test_loss_decreases(tiny):
     assert_loss_decreases(model, tiny)
 
 
-def _one_step(model, users, pos, neg, backend):
-    model.zero_grad(set_to_none=True)
-    with use_backend(backend):
-        loss = model.calculate_loss(users, pos, neg)
-        loss.backward()
-        model.eval()
-        embeddings = model.embeddings()
-        model.train()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, embeddings
-
-
 @pytest.mark.parametrize("sets", SWITCHES, ids=lambda s: ",".join(s) or "default")
 def test_both_backends_agree_at_one_step(tiny, sets):
-    users, pos, neg = one_batch(tiny)
-    results = []
-    for backend in ("mmfast", "torch"):
-        model, _ = build("GRCN", tiny, *sets, seed=3)
-        model.double()
-        results.append(_one_step(model, users, pos, neg, backend))
-    (la, ga, ea), (lb, gb, eb) = results
-    assert la.dtype == torch.float64
-    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
-    assert ga.keys() == gb.keys() and len(ga) >= 6
-    for n in ga:
-        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
-    for a, b in zip(ea, eb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_backends_agree("GRCN", tiny, *sets, min_grads=6)
 
 
 def _masked_softmax(s: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:

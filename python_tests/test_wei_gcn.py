@@ -27,9 +27,9 @@ from mmfast.data.user_graph import (
     user_graph,
 )
 from mmfast.nn.user_graph import UserGraphAggregation
-from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_backends_agree,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
 )
@@ -209,32 +209,9 @@ def test_loss_decreases(tiny, name):
     assert_loss_decreases(model, tiny)
 
 
-def _one_step(model, users, pos, neg, backend):
-    model.zero_grad(set_to_none=True)
-    with use_backend(backend):
-        loss = model.calculate_loss(users, pos, neg)
-        loss.backward()
-        emb = model.embeddings()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, emb
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_both_backends_agree_at_one_step(tiny, name):
-    users, pos, neg = one_batch(tiny)
-    results = []
-    for backend in ("mmfast", "torch"):
-        model, _ = build(name, tiny, seed=3)
-        model.double()
-        results.append(_one_step(model, users, pos, neg, backend))
-    (la, ga, ea), (lb, gb, eb) = results
-    assert la.dtype == torch.float64
-    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
-    assert ga.keys() == gb.keys() and len(ga) >= 4
-    for n in ga:
-        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
-    for a, b in zip(ea, eb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_backends_agree(name, tiny)
 
 
 CASES = [

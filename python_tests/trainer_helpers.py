@@ -93,3 +93,36 @@ def ctrl_c_at_epoch_call(n: int) -> Iterator[None]:
         yield
     finally:
         Trainer.train_epoch = original
+
+
+def one_step(model, users, positives, negatives, backend: str):
+    """(loss, {parameter: gradient}, embeddings()) of one step of ``model`` under ``backend``."""
+    from mmfast.ops import use_backend
+
+    model.zero_grad(set_to_none=True)
+    with use_backend(backend):
+        loss = model.calculate_loss(users, positives, negatives)
+        loss.backward()
+        embeddings = model.embeddings()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, embeddings
+
+
+def assert_backends_agree(name: str, dataset: Dataset, *sets: str, min_grads: int = 4,
+                          negatives: bool = True) -> None:
+    """``name`` built twice (same seed) in float64: one step on the kernels and one on the
+    pure-PyTorch references give the same loss, gradients and embeddings."""
+    users, pos, neg = one_batch(dataset)
+    results = []
+    for backend in ("mmfast", "torch"):
+        model, _ = build_model(name, dataset, *sets, seed=3)
+        model.double()
+        results.append(one_step(model, users, pos, neg if negatives else None, backend))
+    (la, ga, ea), (lb, gb, eb) = results
+    assert la.dtype == torch.float64
+    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
+    assert ga.keys() == gb.keys() and len(ga) >= min_grads, sorted(ga)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
+    for a, b in zip(ea, eb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
