@@ -132,6 +132,19 @@ def test_bad_options_are_clear_errors(tmp_path, capsys, monkeypatch, args, messa
     assert not (tmp_path / "runs").exists()  # no run folder for a run that cannot start
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-m", "MGCN", "--set", "modalities=[image]"], "MGCN needs two modalities"),
+    (["-m", "LightGCN", "--set", "use_neg_sampling=false"], "it needs use_neg_sampling: true"),
+    (["-m", "LightGCN+SEA"], "LightGCN cannot take +SEA"),
+])
+def test_a_model_that_refuses_its_data_says_so_in_one_line(tmp_path, capsys, args, message):
+    argv = [*args, *[a for s in TINY for a in ("--set", s)], "--no-grid", "--epochs", "1",
+            "--out", str(tmp_path / "runs")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
 def test_argparse_level_errors(tmp_path, capsys):
     for args in (["--backend", "cuda"], ["--epochs", "many"], ["--resume", str(tmp_path),
                                                                "--model", "FREEDOM"]):

@@ -187,12 +187,15 @@ def _fit_point(point, params, model_cls, dataset, device, evaluate, folder, logg
                bar, on_evaluation=None) -> dict[str, Any]:
     seed = int(point["seed"])
     seed_everything(seed)  # MMRec reseeds before every grid point
-    model = model_cls(point, dataset, device).to(device)
-    logger.info(str(model))
-    sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device, seed=seed,
-                              negatives=bool(point["use_neg_sampling"]))
-    trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params, progress=bar,
-                      on_evaluation=on_evaluation)
+    try:
+        model = model_cls(point, dataset, device).to(device)
+        logger.info(str(model))
+        sampler = dataset.sampler(batch_size=int(point["train_batch_size"]), device=device,
+                                  seed=seed, negatives=bool(point["use_neg_sampling"]))
+        trainer = Trainer(point, model, sampler, evaluate, folder, logger, params=params,
+                          progress=bar, on_evaluation=on_evaluation)
+    except ValueError as exc:  # the model refuses this dataset or setting: the CLI's one line
+        raise cfg.ConfigError(str(exc)) from exc
     if resuming and (folder / LAST).is_file():
         trainer.resume(folder / LAST)
     return trainer.fit()
