@@ -18,6 +18,7 @@ dataset, or ``concat`` (every modality side by side). Output: a table on stdout,
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--run", default=None, metavar="RUN_DIR", help="a run folder with best.pt")
     p.add_argument("-d", "--dataset", default=None,
                    help="dataset (needed with --features; with --run, checked against the run's)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers the run's model (repeatable), as the "
+                   "run was trained with")
     p.add_argument("--data-root", default=None,
                    help="folder holding <dataset>/ (default: config data_path, then $MMFAST_DATA; "
                    "with --run: where the run read it)")
@@ -185,7 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in args.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            parser.error(f"--import: {exc}")
     try:
         if args.features is not None:
             if args.dataset is None:

@@ -7,6 +7,7 @@ one user id per line. Output: tab-separated ``userID rank itemID score`` lines.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -91,13 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--users", default=None, metavar="FILE", help="file of user ids, one a line")
     p.add_argument("--k", type=int, default=10, help="items per user")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers the run's model (repeatable), as the "
+                   "run was trained with")
     p.add_argument("--data-root", default=None,
                    help="where the run's dataset folder is now (default: where it was trained)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in args.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            parser.error(f"--import: {exc}")
     try:
         users = [args.user] if args.user is not None else _read_users(args.users)
         model, dataset = load_run(args.run, args.device, args.data_root)

@@ -98,6 +98,8 @@ def _trial(tune_config: dict[str, Any], sweep_dir: str, cwd: str, threads: int) 
     torch.set_num_threads(max(1, threads))
     sweep = Path(sweep_dir)
     state = cfg.load_yaml(sweep / SWEEP_FILE)
+    for module in state.get("imports", []):  # models registered outside mmfast
+        importlib.import_module(module)
     config = state["config"]
     metric = _metric_key(config)
     name = tune_config.get("trial")

@@ -211,3 +211,10 @@ def test_import_registers_an_outside_model(tmp_path, monkeypatch, capsys):
     assert config["model"] == "TinyMF" and config["embedding_size"] == 16
     with pytest.raises(SystemExit):
         train.main(["--import", "no_such_module_xyz", "--list-models"])
+    # A fresh process reloads the run with the same --import.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    shown = subprocess.run([sys.executable, "-m", "mmfast.recommend", "--import", "my_models",
+                            "--run", str(_run_dir(out)), "--user", "0", "--k", "3"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.strip().splitlines()) == 4  # header + 3 items
