@@ -22,7 +22,9 @@ rc=0
 
 { date -u; git log -1 --format='commit %H' 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } >"$OUT/info.txt"
 say "build"
-if ! python -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1; then
+# The README's developer install (kernels built in place): `python -c`/`python -m` below run in the
+# repository root, where Python imports the source tree first.
+if ! python -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -60 "$OUT/build.log"
   exit 1
 fi
