@@ -147,10 +147,12 @@ class LGMRec(Recommender):
                              f"({dim}): the modal and ID embeddings are added")
 
         self.ids = LightGCNEmbeddings(self.n_users, self.n_items, dim)  # xavier-uniform
-        self.item_trs = nn.ParameterDict(
-            {m: xavier_uniform(raw[m].shape[1], feat_dim) for m in self.modalities})
-        self.hyper = nn.ParameterDict(
-            {m: xavier_uniform(raw[m].shape[1], hyper_num) for m in self.modalities})
+        # MMRec's order of draws (projection, then hyperedges, per modality), so a seed gives
+        # the same initial weights.
+        self.item_trs, self.hyper = nn.ParameterDict(), nn.ParameterDict()
+        for m in self.modalities:
+            self.item_trs[m] = xavier_uniform(raw[m].shape[1], feat_dim)
+            self.hyper[m] = xavier_uniform(raw[m].shape[1], hyper_num)
         self.hgnn = HypergraphConv(int(config["n_hyper_layer"]))
         for m, x in raw.items():  # frozen, rebuilt from the dataset (not in checkpoints)
             self.register_buffer(f"raw_{m}", x.to(self.device), persistent=False)
