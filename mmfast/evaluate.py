@@ -18,7 +18,6 @@ dataset, or ``concat`` (every modality side by side). Output: a table on stdout,
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +36,7 @@ from mmfast.recommend import load_run
 from mmfast.trainer import config as cfg
 from mmfast.trainer.evaluation import build_evaluator
 from mmfast.trainer.experiment import resolve_device
+from mmfast.train import import_models
 
 
 def data_config(dataset: str, data_root: str | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -191,11 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in args.imports:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            parser.error(f"--import: {exc}")
+    import_models(parser, args.imports)
     try:
         if args.features is not None:
             if args.dataset is None:

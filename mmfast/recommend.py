@@ -7,7 +7,6 @@ one user id per line. Output: tab-separated ``userID rank itemID score`` lines.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from mmfast.models.base import Recommender
 from mmfast.ops import topk_scores, use_backend
 from mmfast.ops.csr import gather_rows
 from mmfast.trainer.experiment import resolve_device
+from mmfast.train import import_models
 
 
 def load_run(
@@ -103,11 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in args.imports:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            parser.error(f"--import: {exc}")
+    import_models(parser, args.imports)
     try:
         users = [args.user] if args.user is not None else _read_users(args.users)
         model, dataset = load_run(args.run, args.device, args.data_root)

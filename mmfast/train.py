@@ -71,6 +71,16 @@ def add_experiment_options(p: argparse.ArgumentParser, *, out_help: str = "folde
                    help="import a module that registers extra models (repeatable)")
 
 
+def import_models(parser: argparse.ArgumentParser, modules: Sequence[str]) -> None:
+    """``--import MODULE``: import modules that register models (an argparse error if one is
+    missing). Every command that builds a model by name takes it."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            parser.error(f"--import: {exc}")
+
+
 def resolve_config(args: argparse.Namespace, overrides: Sequence[str] | None = None) -> dict:
     """The experiment's config from the options of :func:`add_experiment_options` (raises
     ConfigError / UnknownModelError)."""
@@ -116,11 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mmfast import models, trainer
 
-    try:
-        for name in args.imports:
-            importlib.import_module(name)
-    except ImportError as exc:
-        parser.error(f"--import: {exc}")
+    import_models(parser, args.imports)
     if args.list_models:
         for name in models.available():
             also = models.aliases(name)

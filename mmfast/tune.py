@@ -32,7 +32,9 @@ from typing import Any, Sequence
 
 from mmfast import _ext
 from mmfast._atomic import atomic_write_text
-from mmfast.train import EXIT_INTERRUPTED, add_experiment_options, resolve_config
+from mmfast.train import (
+    EXIT_INTERRUPTED, add_experiment_options, import_models, resolve_config,
+)
 from mmfast.trainer import config as cfg
 from mmfast.trainer import sweep as sw
 from mmfast.trainer.experiment import DONE
@@ -370,11 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print(f"error: {TUNE_HINT}", file=sys.stderr)
         return 2
-    for name in args.imports:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            parser.error(f"--import: {exc}")
+    import_models(parser, args.imports)
     from mmfast import models
 
     try:
