@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from mmfast import models
 from mmfast.data import load_dataset
-from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
 from test_host_syncs import counted_reads
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_backends_agree,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
 )
@@ -49,26 +49,7 @@ def test_loss_decreases(tiny):
 @pytest.mark.parametrize("sets", [[], ["n_layers=2", "dropout=0.3", "reg_weight=0.01"]],
                          ids=["default", "n_layers=2"])
 def test_both_backends_agree_at_one_step(tiny, sets):
-    users, pos, _ = one_batch(tiny)
-    results = []
-    for backend in ("mmfast", "torch"):
-        model, _ = build("BM3", tiny, *sets, seed=3)  # same seed: same target masks
-        model.double()
-        model.zero_grad(set_to_none=True)
-        with use_backend(backend):
-            loss = model.calculate_loss(users, pos, None)
-            loss.backward()
-            emb = model.embeddings()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((loss.detach(), grads, emb))
-    (la, ga, ea), (lb, gb, eb) = results
-    assert la.dtype == torch.float64
-    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
-    assert ga.keys() == gb.keys() and len(ga) >= 8
-    for n in ga:
-        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
-    for a, b in zip(ea, eb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_backends_agree("BM3", tiny, *sets, min_grads=8, negatives=False)
 
 
 def _reference(model, adj, users, pos, masks):

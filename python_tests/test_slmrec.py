@@ -14,10 +14,10 @@ from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.models.slmrec import slmrec_adjacency
 from mmfast.nn.ssl_views import BranchMasking, DropoutView
-from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
 from test_host_syncs import counted_reads
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_backends_agree,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
 )
@@ -53,34 +53,12 @@ def test_loss_decreases(tiny, task):
     assert_loss_decreases(model, tiny)
 
 
-def _one_step(model, users, pos, backend):
-    model.zero_grad(set_to_none=True)
-    with use_backend(backend):
-        loss = model.calculate_loss(users, pos, None)
-        loss.backward()
-        embeddings = model.embeddings()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, embeddings
-
 
 @pytest.mark.parametrize("sets", [["ssl_task=FAC"], ["ssl_task=FD+FM"],
                                   ["ssl_task=FD", "mm_fusion_mode=mean", "adj_type=norm"]],
                          ids=lambda s: ",".join(s))
 def test_both_backends_agree_at_one_step(tiny, sets):
-    users, pos, _ = one_batch(tiny)
-    results = []
-    for backend in ("mmfast", "torch"):
-        model, _ = build("SLMRec", tiny, *sets, seed=3)  # same seed: same views
-        model.double()
-        results.append(_one_step(model, users, pos, backend))
-    (la, ga, ea), (lb, gb, eb) = results
-    assert la.dtype == torch.float64
-    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-12)
-    assert ga.keys() == gb.keys() and len(ga) >= 8
-    for n in ga:
-        torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
-    for a, b in zip(ea, eb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_backends_agree("SLMRec", tiny, *sets, min_grads=8, negatives=False)
 
 
 @pytest.mark.parametrize("task", ["FAC", "FD+FM"])
