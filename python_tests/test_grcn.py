@@ -3,7 +3,6 @@ against a dense float64 transcription on a tiny graph, gradients through the lea
 weights, MMRec's stale evaluation table, bit-identical resume (edge dropout stream), bad input."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from mmfast.data.interactions import Interactions
 from mmfast.nn.edge_weights import EdgeList, segment_softmax
 from mmfast.trainer import TrainingInterrupted, run
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_same_run,
     assert_backends_agree,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
@@ -182,11 +182,7 @@ def test_resumes_bit_identically(tmp_path):
     saved = torch.load(info.value.folder / "last.pt", weights_only=False)
     assert set(saved["model_rng"]) == {"edge_dropout"}
     resumed = run(resume=info.value.folder, console=False)
-    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
-    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
-    assert a["best"] == b["best"]
-    la, lb = (torch.load(r.run_dir / "last.pt", weights_only=False) for r in (full, resumed))
-    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    la, lb = assert_same_run(full, resumed)
     assert torch.equal(la["model_rng"]["edge_dropout"], lb["model_rng"]["edge_dropout"])
 
 

@@ -4,7 +4,6 @@ transcription of MMRec's LATTICE, the build/no-build schedule of the graph, both
 items x items tensor and no host read in a step, resume, the plug-in views, bad input."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from mmfast.ops import use_backend
 from mmfast.trainer import TrainingInterrupted, run
 from test_host_syncs import counted_reads
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_same_run,
     assert_loss_decreases, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
     with_features,
 )
@@ -329,11 +329,7 @@ def test_resume_is_bit_identical(tmp_path, cf):
     with ctrl_c_at_epoch_call(2), pytest.raises(TrainingInterrupted) as info:
         run(config, out=tmp_path / "b", console=False)
     resumed = run(resume=info.value.folder, console=False)
-    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
-    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
-    assert a["best"] == b["best"]
-    la, lb = (torch.load(r.run_dir / "last.pt", weights_only=False) for r in (full, resumed))
-    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    la, lb = assert_same_run(full, resumed)
     assert set(la["model_rng"]) == ({"mess_dropout"} if cf == "ngcf" else set())
 
 

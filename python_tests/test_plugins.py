@@ -4,7 +4,6 @@ model that cannot take a plug-in says so in one line, a model registered from ou
 them, resume is bit-identical and ``recommend`` rebuilds a composed run."""
 from __future__ import annotations
 
-import json
 import pickle
 
 import pytest
@@ -20,6 +19,7 @@ from mmfast.nn import BehaviorModalAlignment, LightGCNEmbeddings, ModalityProjec
 from mmfast.nn.lift import UserLift
 from mmfast.trainer import TrainingInterrupted, run
 from trainer_helpers import (  # noqa: F401 (autouse fixtures)
+    assert_same_run,
     TINY, ctrl_c_at_epoch_call, one_batch, one_thread, private_cache, tiny_config,
 )
 from trainer_helpers import build_model as build
@@ -231,11 +231,7 @@ def test_composed_model_resumes_bit_identically(tmp_path):
     assert yaml.safe_load((info.value.folder / "config.yaml").read_text())["model"] == "VBPR+SEA"
     assert set(saved["auxiliary_optimizers"]) == {"club_q_shared"}
     resumed = run(resume=info.value.folder, console=False)
-    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
-    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
-    assert a["best"] == b["best"]
-    la, lb = (torch.load(r.run_dir / "last.pt", weights_only=False) for r in (full, resumed))
-    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    assert_same_run(full, resumed)
 
 
 def test_recommend_rebuilds_a_composed_run(tmp_path, capsys):

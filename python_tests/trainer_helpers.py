@@ -126,3 +126,16 @@ def assert_backends_agree(name: str, dataset: Dataset, *sets: str, min_grads: in
         torch.testing.assert_close(ga[n], gb[n], rtol=1e-8, atol=1e-10, msg=n)
     for a, b in zip(ea, eb):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def assert_same_run(full, resumed):
+    """An interrupted-and-resumed run equals the uninterrupted one: the epoch losses, the best
+    result and every tensor of the final model. Returns both ``last.pt`` payloads."""
+    import json
+
+    a, b = (json.loads((r.run_dir / "metrics.json").read_text()) for r in (full, resumed))
+    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
+    assert a["best"] == b["best"]
+    la, lb = (torch.load(r.run_dir / "last.pt", weights_only=False) for r in (full, resumed))
+    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    return la, lb
