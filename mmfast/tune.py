@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mmfast import _ext
-from mmfast._atomic import atomic_write_text
+from mmfast._atomic import atomic_write_json, atomic_write_text
 from mmfast.train import (
     EXIT_INTERRUPTED, add_experiment_options, import_models, resolve_config,
 )
@@ -148,8 +148,9 @@ def _trial_state(folder: Path) -> str:
     """done (kept on resume), failed, stopped, or open (to run or continue)."""
     if (folder / sw.ERROR_FILE).is_file():
         return "failed"
-    row = sw.trial_row(folder, folder.name, 0, {}, 0)
-    if row["status"] in DONE and "selection" in json.loads((folder / "metrics.json").read_text()):
+    metrics = folder / "metrics.json"
+    summary = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    if summary.get("status") in DONE and "selection" in summary:
         return "done"  # the run wrote its final summary
     if (folder / sw.STOPPED_FILE).is_file():
         return "stopped"
@@ -299,10 +300,9 @@ def run_sweep(sweep_dir: Path, state: dict[str, Any], args: argparse.Namespace) 
     for name in completed:  # Tune ended it, but it did not finish training: the scheduler
         folder = trials_dir / name
         if _trial_state(folder) == "open" and (folder / "metrics.json").is_file():
-            row = sw.trial_row(folder, name, 0, {}, 0)
-            sw_reason = (f"stopped by the {state['scheduler']} scheduler after "
-                         f"{row['epochs']} epochs")
-            atomic_write_text(folder / sw.STOPPED_FILE, f'{{"reason": "{sw_reason}"}}\n')
+            epochs = len(json.loads((folder / "metrics.json").read_text())["epochs"])
+            atomic_write_json(folder / sw.STOPPED_FILE, {
+                "reason": f"stopped by the {state['scheduler']} scheduler after {epochs} epochs"})
     if state["search"] == "optuna":
         return len([f for f in trials_dir.glob("optuna-*") if _trial_state(f) != "open"]) >= int(state["samples"])
     return all(_trial_state(trials_dir / t) != "open" for t in plan.trials())
