@@ -63,6 +63,9 @@ class Recommender(nn.Module):
     # False: the loss reads no sampled negatives (BM3, SLMRec), so the model trains with
     # ``use_neg_sampling: false`` and its batches are (users, positives, None).
     uses_negatives: ClassVar[bool] = True
+    # False: nothing to train (ItemKNNCBF builds its scorer when constructed); the trainer
+    # evaluates the model once, as its only epoch, with no optimizer and no batches.
+    trains: ClassVar[bool] = True
     # The PluginViews fields ``loss_and_views`` fills (None: undeclared, checked when training),
     # and for ``+SEA`` the config key behind ``modal_feature_dims()`` (see mmfast/models/plugins.py).
     plugin_views: ClassVar[tuple[str, ...] | None] = None

@@ -68,15 +68,20 @@ class Trainer:
         if not getattr(sampler, "negatives", True) and type(model).uses_negatives:
             raise ValueError(f"{config.get('model', type(model).__name__)} scores sampled negatives: "
                              "it needs use_neg_sampling: true")
+        self.trains = type(model).trains
         # Parameters an auxiliary optimizer of the model owns stay out of the model optimizer.
-        self.optimizer = torch.optim.Adam(
-            model.model_parameters(), lr=float(config["learning_rate"]),
-            weight_decay=float(config["weight_decay"]),
-        )
-        gamma, period = (float(x) for x in config["learning_rate_scheduler"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda epoch: gamma ** (epoch / period)
-        )
+        # A model with nothing to train (``trains = False``) gets neither.
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        if self.trains:
+            self.optimizer = torch.optim.Adam(
+                model.model_parameters(), lr=float(config["learning_rate"]),
+                weight_decay=float(config["weight_decay"]),
+            )
+            gamma, period = (float(x) for x in config["learning_rate_scheduler"])
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda epoch: gamma ** (epoch / period)
+            )
         self.stopper = EarlyStopping(int(config["stopping_step"]))
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"valid": {}, "test": {}, "epoch": None}
@@ -88,7 +93,8 @@ class Trainer:
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "auxiliary_optimizers": {name: opt.state_dict() for name, opt
                                      in self.model.auxiliary_optimizers.items()},
             "model_rng": self.model.rng_state(),
@@ -101,7 +107,8 @@ class Trainer:
         """Continue after the epoch saved in ``path`` (a ``last.pt``)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         auxiliary = self.model.auxiliary_optimizers
         saved = state.get("auxiliary_optimizers", {})
         if set(saved) != set(auxiliary):
@@ -110,7 +117,8 @@ class Trainer:
         for name, opt in auxiliary.items():
             opt.load_state_dict(saved[name])
         self.model.set_rng_state(state.get("model_rng", {}))
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["stopper"])
         self.history, self.best = state["history"], state["best"]
         self.sampler.generator.set_state(state["sampler"])
@@ -129,6 +137,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> float:
+        if not self.trains:
+            return 0.0
         self.model.train()
         self.model.current_epoch = epoch
         self.model.pre_epoch_processing()
@@ -147,6 +157,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         epochs, eval_step = int(self.config["epochs"]), int(self.config["eval_step"])
+        if not self.trains:  # one evaluation is the whole run; more epochs would repeat it
+            epochs, eval_step = 1, 1
         every = int(self.config["checkpoint_every"])
         log = self.logger.info
         epoch = self.start_epoch - 1
@@ -160,7 +172,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 record: dict[str, Any] = {"epoch": epoch, "train_loss": loss,
                                           "train_time": round(t1 - t0, 4),
-                                          "lr": self.optimizer.param_groups[0]["lr"]}
+                                          "lr": (self.optimizer.param_groups[0]["lr"]
+                                                 if self.optimizer else None)}
                 if not math.isfinite(loss):
                     self.status = "nan"
                     record["train_loss"] = None  # metrics.json stays strict JSON
