@@ -66,6 +66,9 @@ def add_experiment_options(p: argparse.ArgumentParser, *, out_help: str = "folde
     p.add_argument("--selection", default=None, choices=["valid", "mmrec"],
                    help="grid selection: best valid, or MMRec's best test-at-best-valid "
                    "(default: config selection = valid)")
+    p.add_argument("--mg", action="store_true", default=None,
+                   help="train with Mirror Gradient (MMRec's mg.yaml: alpha1, alpha2, beta join "
+                   "the grid; config mg = false)")
     p.add_argument("--out", default=None, help=out_help)
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module that registers extra models (repeatable)")
@@ -93,7 +96,8 @@ def resolve_config(args: argparse.Namespace, overrides: Sequence[str] | None = N
         overrides=args.overrides if overrides is None else overrides,
         cli={"data_path": args.data_root, "device": args.device, "backend": args.backend,
              "seed": args.seed, "epochs": args.epochs, "selection": args.selection,
-             "no_grid": getattr(args, "no_grid", None), "checkpoint_dir": args.out},
+             "no_grid": getattr(args, "no_grid", None), "checkpoint_dir": args.out,
+             "mg": args.mg},
     )
 
 
@@ -143,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.resume:
             explicit = [o for o in ("config", "seed", "epochs", "selection", "data_root",
-                                    "device", "backend", "no_grid") if getattr(args, o) is not None]
+                                    "device", "backend", "no_grid", "mg") if getattr(args, o) is not None]
             argv_list = list(sys.argv[1:] if argv is None else argv)
             if explicit or args.overrides or any(
                 a.split("=")[0] in ("-m", "--model", "-d", "--dataset") for a in argv_list

@@ -114,3 +114,29 @@ def test_pinned_results(tmp_path, model):
     for split in ("valid", "test"):
         for key, value in pinned[split].items():
             assert result.best[split][key] == value, (split, key)
+
+
+@models.register("FixedScorer")
+class FixedScorer(models.Recommender):
+    """Nothing to train: fixed random vectors (as ItemKNNCBF's scorer is built, not trained)."""
+
+    trains = False
+
+    def __init__(self, config, dataset, device):
+        super().__init__(config, dataset, device)
+        self.register_buffer("u", torch.randn(self.n_users, 4))
+        self.register_buffer("i", torch.randn(self.n_items, 4))
+
+    def embeddings(self):
+        return self.u, self.i
+
+
+def test_a_model_that_does_not_train_is_evaluated_once(tmp_path):
+    config = tiny_config("FixedScorer", "no_grid=true", epochs=50)
+    result = run(config, out=tmp_path, console=False)
+    saved = json.loads((result.run_dir / "metrics.json").read_text())
+    assert saved["status"] == "finished" and [e["epoch"] for e in saved["epochs"]] == [0]
+    assert saved["epochs"][0]["train_loss"] == 0.0 and saved["best"]["epoch"] == 0
+    assert saved["best"]["valid"]["recall@20"] > 0
+    last = torch.load(result.run_dir / "last.pt", weights_only=False)
+    assert last["optimizer"] is None and last["scheduler"] is None

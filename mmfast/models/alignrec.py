@@ -182,16 +182,16 @@ class ALIGNREC(Recommender):
                 m_i[positives], table[positives])
         return loss
 
-    def train_step(self, users, positives, negatives, optimizer) -> torch.Tensor:
+    def train_step(self, users, positives, negatives, optimizer, loss_scale=1.0) -> torch.Tensor:
         """The default step; during the warm-up at lr x (epoch + 1) / warmup_epochs."""
         if self.current_epoch >= self.warmup:
-            return super().train_step(users, positives, negatives, optimizer)
+            return super().train_step(users, positives, negatives, optimizer, loss_scale)
         scale = (self.current_epoch + 1) / self.warmup
         rates = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * scale
         try:
-            return super().train_step(users, positives, negatives, optimizer)
+            return super().train_step(users, positives, negatives, optimizer, loss_scale)
         finally:
             for group, lr in zip(optimizer.param_groups, rates):
                 group["lr"] = lr

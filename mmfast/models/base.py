@@ -116,13 +116,16 @@ class Recommender(nn.Module):
         positives: torch.Tensor,
         negatives: torch.Tensor,
         optimizer: torch.optim.Optimizer,
+        loss_scale: float = 1.0,
     ) -> torch.Tensor:
-        """One batch: the loss, its gradients, :meth:`after_backward`, ``optimizer.step()``.
-        Returns the detached loss (no host read). Override only to change the step's shape;
-        most models need just ``calculate_loss`` and perhaps ``after_backward``."""
+        """One batch: the loss, the gradients of ``loss_scale`` x loss, :meth:`after_backward`,
+        ``optimizer.step()``. Returns the detached, unscaled loss (no host read). The trainer
+        scales the loss only for Mirror Gradient's two steps (``mg: true``). Override only to
+        change the step's shape, passing ``loss_scale`` on; most models need just
+        ``calculate_loss`` and perhaps ``after_backward``."""
         optimizer.zero_grad(set_to_none=True)
         loss = self.calculate_loss(users, positives, negatives)
-        loss.backward()
+        (loss if loss_scale == 1.0 else loss_scale * loss).backward()
         self.after_backward()
         optimizer.step()
         return loss.detach()

@@ -21,7 +21,7 @@ from mmfast.configs import (
 
 __all__ = [
     "CONFIG_DIR", "ConfigError", "check_layer", "dataset_config_path", "default_point",
-    "dump", "grid_keys", "grid_points", "load_yaml", "merge", "model_config_path",
+    "dump", "grid_keys", "grid_points", "load_yaml", "merge", "merge_mg_layer", "model_config_path",
     "parse_override", "point_params", "resolve", "validate",
 ]
 
@@ -123,8 +123,9 @@ def resolve(
         path = model_config_path(model)
         model_defaults = load_yaml(path) if path.is_file() else {}
     config = merge(config, model_defaults)
-    known = dict(config)
 
+    # The user's layers, in order; each is checked against the package layers' keys.
+    layers: list[tuple[dict[str, Any], str]] = []
     if config_file is not None:
         layer = load_yaml(config_file)
         for key in ("model", "dataset"):
@@ -134,19 +135,44 @@ def resolve(
                     f"{ {'model': model, 'dataset': dataset}[key]!r}; choose it with --{key}"
                 )
             layer.pop(key, None)
-        check_layer(known, layer, f"from {config_file}")
-        config = merge(config, layer)
+        layers.append((layer, f"from {config_file}"))
     for text in overrides:
         key, value = parse_override(text)
-        layer = _nest(key, value)
-        check_layer(known, layer, f"from --set {text}")
-        config = merge(config, layer)
+        layers.append((_nest(key, value), f"from --set {text}"))
     flags = {k: v for k, v in (cli or {}).items() if v is not None}
-    check_layer(known, flags, "from the command line")
-    config = merge(config, flags)
+    layers.append((flags, "from the command line"))
+
+    # Mirror Gradient (``mg: true``, ``--mg``) brings its own layer, as in MMRec: its keys, and
+    # its axes appended to the model's grid. Whether it is on is the last layer's say.
+    mg = bool(config.get("mg"))
+    for layer, _ in layers:
+        if "mg" in layer:
+            mg = bool(layer["mg"])
+    if mg:
+        config = merge_mg_layer(config)
+    known = dict(config)
+    for layer, source in layers:
+        check_layer(known, layer, source)
+        config = merge(config, layer)
     config["model"], config["dataset"] = model, dataset
     validate(config)
     return config
+
+
+MG_CONFIG = CONFIG_DIR / "mg.yaml"
+
+
+def merge_mg_layer(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with Mirror Gradient's layer (``configs/mg.yaml``, MMRec's ``mg.yaml``) merged
+    over it: its keys, its grid axes appended to ``hyper_parameters`` (MMRec extends the list the
+    same way) and its ``default_point`` entries added to the model's."""
+    layer = load_yaml(MG_CONFIG)
+    axes = list(config.get("hyper_parameters") or [])
+    axes += [k for k in layer.pop("hyper_parameters", []) if k not in axes]
+    out = merge(config, layer)
+    out["hyper_parameters"] = axes
+    out["mg"] = True
+    return out
 
 
 def validate(config: Mapping[str, Any]) -> None:
@@ -180,6 +206,14 @@ def validate(config: Mapping[str, Any]) -> None:
     steps = config["stopping_step"] if isinstance(config["stopping_step"], list) else [config["stopping_step"]]
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in steps):
         raise ConfigError(f"stopping_step must be an integer >= 0, got {config['stopping_step']!r}")
+    if config.get("mg"):
+        for key, positive_int in (("alpha1", False), ("alpha2", False), ("beta", True)):
+            values = config[key] if isinstance(config[key], list) else [config[key]]
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+                   or (positive_int and (not isinstance(v, int) or v <= 0))]
+            if bad:
+                want = "a positive integer" if positive_int else "a number"
+                raise ConfigError(f"{key} (Mirror Gradient) must be {want}, got {config[key]!r}")
     valid_metric = str(config.get("valid_metric", "")).lower()
     metrics = [str(m).lower() for m in config.get("metrics", [])]
     name, _, k = valid_metric.partition("@")

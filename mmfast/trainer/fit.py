@@ -3,7 +3,8 @@
 Per epoch: ``model.current_epoch`` and the model's pre-epoch hook, a pass over freshly sampled
 (user, pos, neg) batches (neg None when the sampler draws none, ``use_neg_sampling: false``),
 each one ``model.train_step`` (loss, backward, the model's ``after_backward`` hook, the model
-optimizer's step; auxiliary optimizers are the model's), the LambdaLR step, the post-epoch
+optimizer's step; auxiliary optimizers are the model's; with Mirror Gradient, ``mg: true``, every
+``beta``-th batch takes two such steps on scaled losses), the LambdaLR step, the post-epoch
 hook, then valid and test evaluation every ``eval_step`` epochs, early stopping on the valid
 metric, ``best.pt`` on a new best and ``last.pt`` (everything needed to continue: every
 optimizer's state, the global RNG streams and the model's own) every ``checkpoint_every``
@@ -143,8 +144,23 @@ class Trainer:
         self.model.current_epoch = epoch
         self.model.pre_epoch_processing()
         total = torch.zeros((), device=self.sampler.device)
-        for users, pos, neg in epoch_bar(self.sampler, len(self.sampler), epoch, self.progress):
-            total += self.model.train_step(users, pos, neg, self.optimizer)
+        batches = epoch_bar(self.sampler, len(self.sampler), epoch, self.progress)
+        step, opt = self.model.train_step, self.optimizer
+        if self.config.get("mg"):
+            # Mirror Gradient (MMRec's trainer, mg.yaml): on batches 0, beta, 2 beta, ... of the
+            # epoch, a step on alpha1 x loss, then one on -alpha2 x the loss recomputed on the
+            # same batch after it; the epoch's loss sums the first. Other batches: one step.
+            a1, a2 = float(self.config["alpha1"]), float(self.config["alpha2"])
+            beta = int(self.config["beta"])
+            for b, (users, pos, neg) in enumerate(batches):
+                if b % beta:
+                    total += step(users, pos, neg, opt)
+                else:
+                    total += step(users, pos, neg, opt, loss_scale=a1)
+                    step(users, pos, neg, opt, loss_scale=-a2)
+        else:
+            for users, pos, neg in batches:
+                total += step(users, pos, neg, opt)
         self.scheduler.step()
         self.model.post_epoch_processing()
         return float(total)  # the one host sync of the epoch
