@@ -58,6 +58,22 @@ def test_symmetric_graph_is_its_own_transpose():
 
 
 # ------------------------------------------------------------------------ forward/backward
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_every_width_up_to_two_register_blocks(dtype):
+    """The CPU kernel splits a row into slices of 8, 4, 2 and 1 SIMD vectors and a scalar rest:
+    every width from 1 to 140 takes a different combination (float32: 8 lanes, float64: 4)."""
+    g = random_graph(60, 45, avg_degree=6, dtype=dtype, seed=11)
+    sq = random_graph(60, 60, avg_degree=6, dtype=dtype, seed=12)
+    dense, dense_sq = dense_reference(g).to(dtype), dense_reference(sq).to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    for d in range(1, 141):
+        x = torch.randn(45, d, dtype=dtype)
+        torch.testing.assert_close(spmm(g, x), dense @ x, **tol, msg=f"d={d}")
+        h = torch.randn(60, d, dtype=dtype)  # the fused epilogue: c0 h + c1 G h
+        torch.testing.assert_close(propagate(sq, h, 1, "sum"), h + dense_sq @ h, **tol,
+                                   msg=f"d={d}")
+
+
 @pytest.mark.parametrize("d", WIDTHS)
 @pytest.mark.parametrize("shape", SHAPES + [(50, 17), (17, 50)])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
