@@ -143,7 +143,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     evaluate = build_evaluator(dataset, config, device)
     with use_backend(config.get("backend", "mmfast")):
         users, items_ = model.embeddings()
-        result = {s: evaluate(users, items_, s) for s in ("valid", "test")}
+        result = dict(zip(("valid", "test"), evaluate(users, items_, ("valid", "test"))))
     name = f"{saved['model_name']} epoch {saved['epoch']}" + (
         f" masked {mask['modality']} {mask['ratio']:g}" if mask else "")
     return {"run": str(run_dir), "model": saved["model_name"], "dataset": trained_on,

@@ -111,6 +111,33 @@ def test_evaluator_equals_dense_reference(synthetic, backend, split):
         assert rounded[key] == round(got[key], 4)
 
 
+def test_one_ranking_for_valid_and_test_equals_each_split_alone(synthetic):
+    from mmfast.data.interactions import Interactions
+
+    u, i = embeddings(synthetic)
+    # A test split without its first 300 users and a valid split without its last 300: each
+    # split has users the other lacks, so the shared ranking covers their union.
+    test, valid = synthetic.test, synthetic.valid
+    tu, vu = test.users(), valid.users()
+    test = Interactions.from_pairs(tu[tu >= 300], test.items[tu >= 300], test.n_users, test.n_items)
+    last = synthetic.n_users - 300
+    valid = Interactions.from_pairs(vu[vu < last], valid.items[vu < last], valid.n_users,
+                                    valid.n_items)
+    ev = Evaluator(synthetic, batch_size=333, decimals=None)
+    both = ev.evaluate_splits([valid, test], u, i)
+    alone = []
+    for split in (valid, test):
+        alone.append(ev.evaluate(split, u, i))
+        counts = ev.last_counts
+    for got, want in zip(both, alone):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
+    assert ev.last_counts == counts  # after both: the test split's users, none skipped
+    ev.evaluate_splits([valid, test], u, i)
+    assert ev.last_counts == counts
+
+
 def test_evaluator_float32_matches_reference_to_4_decimals(synthetic):
     u, i = embeddings(synthetic, d=64, seed=5, dtype=torch.float32)
     want = evaluate_reference(u, i, synthetic.train, synthetic.test)

@@ -30,11 +30,10 @@ class Scripted:
     def __init__(self, scores):
         self.scores, self.calls = list(scores), 0
 
-    def __call__(self, users, items, split):
-        if split == "valid":
-            self.calls += 1
-            return {"recall@20": self.scores[self.calls - 1]}
-        return {"recall@20": float(self.calls - 1)}
+    def __call__(self, users, items, splits):
+        assert tuple(splits) == ("valid", "test")
+        self.calls += 1
+        return [{"recall@20": self.scores[self.calls - 1]}, {"recall@20": float(self.calls - 1)}]
 
 
 def _trainer(tmp_path, config, evaluate, model_name="LightGCN"):
@@ -172,3 +171,15 @@ def test_resume_a_grid_skips_finished_points(tmp_path):
     assert a["grid"] == b["grid"] and a["selected"] == b["selected"] and a["best"] == b["best"]
     log = next(info.value.folder.glob("*.log")).read_text()
     assert "=========1/2: Parameters:['seed', 'n_layers', 'reg_weight']=(999, 1, 0.0001) (done)" in log
+
+
+def test_adam_implementations_agree_and_bad_ones_are_refused(tmp_path):
+    runs = {}
+    for impl in ("fused", "foreach", "loop"):
+        result = run(tiny_config(epochs=3, optimizer_impl=impl), out=tmp_path / impl, console=False)
+        runs[impl] = [e["train_loss"] for e in result.points[0]["epochs"]]
+    assert runs["fused"] == pytest.approx(runs["foreach"], rel=1e-5)
+    assert runs["loop"] == pytest.approx(runs["foreach"], rel=1e-6)
+    from mmfast.configs import ConfigError
+    with pytest.raises(ConfigError, match="optimizer_impl"):
+        tiny_config(optimizer_impl="sgd")

@@ -36,13 +36,19 @@ std::vector<int64_t> balanced_row_splits(const int64_t* rowptr, int64_t n_rows, 
 // o[0:W] = alpha sum_j val[j] x[col[j], 0:W] (+ beta a[0:W] when a is given), W = NV vectors:
 // the sums stay in NV registers for the whole row, each entry one broadcast and NV fused
 // multiply-adds on a contiguous slice of x's row, and the row is stored once.
+constexpr int64_t kAhead = 12;  // entries between a row's prefetch and its use
+
 template <typename T, typename index_t, int NV>
-MMFAST_INLINE void row_slice(int64_t begin, int64_t end, const index_t* __restrict__ col,
+MMFAST_INLINE void row_slice(int64_t begin, int64_t end, int64_t stop, const index_t* __restrict__ col,
                              const T* __restrict__ val, const T* __restrict__ x, int64_t d,
                              const T* __restrict__ a, T alpha, T beta, T* __restrict__ o) {
   constexpr int L = simd::kLanes<T>;
   simd::Vec<T> acc[NV] = {};
   for (int64_t j = begin; j < end; ++j) {
+    if (j + kAhead < stop) {  // the row kAhead entries on, likely from L3 or memory
+      const char* ahead = reinterpret_cast<const char*>(x + static_cast<int64_t>(col[j + kAhead]) * d);
+      for (int k = 0; k < NV * L * int(sizeof(T)); k += 64) __builtin_prefetch(ahead + k);
+    }
     const T* __restrict__ xr = x + static_cast<int64_t>(col[j]) * d;
     const T v = val[j];
     for (int k = 0; k < NV; ++k) acc[k] += v * simd::load(xr + k * L);
@@ -63,20 +69,20 @@ MMFAST_SIMD_CLONES void spmm_part(int64_t r_begin, int64_t r_end, const int64_t*
   for (int64_t r = r_begin; r < r_end; ++r) {
     T* __restrict__ o = out + r * d;
     const T* a = addend != nullptr ? addend + r * d : nullptr;
-    const int64_t begin = rowptr[r], end = rowptr[r + 1];
+    const int64_t begin = rowptr[r], end = rowptr[r + 1], stop = rowptr[r_end];
     int64_t c = 0;
     for (; c + W <= d; c += W)
-      row_slice<T, index_t, 8>(begin, end, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
+      row_slice<T, index_t, 8>(begin, end, stop, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
     if (c + 4 * L <= d) {
-      row_slice<T, index_t, 4>(begin, end, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
+      row_slice<T, index_t, 4>(begin, end, stop, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
       c += 4 * L;
     }
     if (c + 2 * L <= d) {
-      row_slice<T, index_t, 2>(begin, end, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
+      row_slice<T, index_t, 2>(begin, end, stop, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
       c += 2 * L;
     }
     if (c + L <= d) {
-      row_slice<T, index_t, 1>(begin, end, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
+      row_slice<T, index_t, 1>(begin, end, stop, col, val, x + c, d, a ? a + c : a, alpha, beta, o + c);
       c += L;
     }
     if (c < d) {  // fewer columns than one vector are left: one more pass, scalar sums

@@ -82,6 +82,7 @@ class Evaluator:
         self.backend = backend
         self.decimals = decimals
         self.last_counts: dict[str, int] = {}
+        self._counts: list[dict[str, int]] = []
         # (id(part), device) -> (part, rowptr, items). Holding ``part`` keeps its id from being
         # reused by another Interactions while its CSR is cached here.
         self._on_device: dict[
@@ -109,7 +110,36 @@ class Evaluator:
         ``self.last_counts``. With ``return_topk`` also returns the users and their top
         max(ks) item lists [n_users, max(ks)] (index -1 pads users with fewer candidates).
         """
-        truth = self._split(split)
+        results, users, topk = self._rank_and_score([split], user_emb, item_emb, score_fn,
+                                                    users, return_topk)
+        self.last_counts = self._counts[0]
+        if return_topk:
+            return results[0], users, topk
+        return results[0]
+
+    def evaluate_splits(
+        self,
+        splits: Sequence[Union[str, Interactions]],
+        user_emb: torch.Tensor | None = None,
+        item_emb: torch.Tensor | None = None,
+        *,
+        score_fn: ScoreFn | None = None,
+    ) -> list[dict[str, float]]:
+        """The metrics of each split, as :meth:`evaluate` gives them, from one ranking of the
+        union of their users: every split masks the same training items, so a user's top-K
+        list is the same for valid and test, and it is computed once (the trainer evaluates
+        both every epoch). ``self.last_counts`` holds the last split's counts."""
+        if isinstance(splits, (str, Interactions)):
+            raise TypeError("Evaluator.evaluate_splits: splits must be a sequence of splits")
+        results, _, _ = self._rank_and_score(list(splits), user_emb, item_emb, score_fn,
+                                             None, False)
+        if self._counts:
+            self.last_counts = self._counts[-1]
+        return results
+
+    # ------------------------------------------------------------------ the ranking
+    def _rank_and_score(self, splits, user_emb, item_emb, score_fn, users, return_topk):
+        truths = [self._split(split) for split in splits]
         if (score_fn is None) == (user_emb is None or item_emb is None):
             raise ValueError(
                 "Evaluator.evaluate: give either user_emb and item_emb, or score_fn"
@@ -119,8 +149,9 @@ class Evaluator:
             device = item_emb.device
         else:
             device = None  # the device of the scores score_fn returns
+        active = [truth.active_users() for truth in truths]
         if users is None:
-            users = truth.active_users()
+            users = active[0] if len(active) == 1 else torch.unique(torch.cat(active))
         users = torch.as_tensor(users, dtype=torch.int64)
         if users.dim() != 1 or (users.numel() and (int(users.min()) < 0
                                                   or int(users.max()) >= self.train.n_users)):
@@ -130,7 +161,7 @@ class Evaluator:
             )
         k_max = max(self.ks)
 
-        sums: dict[str, torch.Tensor] = {}
+        sums: list[dict[str, torch.Tensor]] = [{} for _ in truths]
         lists = []
         with torch.no_grad():
             for b0 in range(0, users.numel(), self.batch_size):
@@ -149,30 +180,39 @@ class Evaluator:
                     with _small_ops(device):
                         exclude = self._gather(self.train, device, batch, batch_dev)
                     _, idx = topk_of_scores(scores, k_max, exclude, validate=False)
-                with _small_ops(device):
-                    held_out = self._gather(truth, device, batch, batch_dev)
-                    part = rank_metrics(idx, held_out, self.ks, self.metrics, reduction="sum")
-                for key, value in part.items():
-                    sums[key] = sums[key] + value if key in sums else value
+                for truth, split_sums in zip(truths, sums):
+                    with _small_ops(device):
+                        held_out = self._gather(truth, device, batch, batch_dev)
+                        part = rank_metrics(idx, held_out, self.ks, self.metrics,
+                                            reduction="sum")
+                    for key, value in part.items():
+                        split_sums[key] = split_sums[key] + value if key in split_sums else value
                 if return_topk:
                     lists.append(idx)
 
-        names = list(sums)
-        host = dict(zip(names, torch.stack([sums[n].double() for n in names]).tolist())) \
-            if names else {}  # the one device->host read of the evaluation
-        n_users = int(host.pop("n_users", 0))
-        n_skipped = int(host.pop("n_skipped", 0))
-        self.last_counts = {"users": n_users, "skipped": n_skipped}
-        result = {}
-        for m in self.metrics:
-            for k in self.ks:
-                key = f"{m}@{k}"
-                value = host[key] / n_users if n_users else float("nan")
-                result[key] = round(value, self.decimals) if self.decimals is not None else value
+        names = [(i, n) for i, split_sums in enumerate(sums) for n in split_sums]
+        flat = torch.stack([sums[i][n].double() for i, n in names]).tolist() if names else []
+        host: list[dict[str, float]] = [{} for _ in truths]  # the one device->host read
+        for (i, n), value in zip(names, flat):
+            host[i][n] = value
+        results, self._counts = [], []
+        for i, split_host in enumerate(host):
+            n_users = int(split_host.pop("n_users", 0))
+            # Users ranked for another split only are not this split's skipped users.
+            n_skipped = int(split_host.pop("n_skipped", 0)) - (users.numel() - active[i].numel()
+                                                               if len(truths) > 1 else 0)
+            self._counts.append({"users": n_users, "skipped": n_skipped})
+            result = {}
+            for m in self.metrics:
+                for k in self.ks:
+                    key = f"{m}@{k}"
+                    value = split_host[key] / n_users if n_users else float("nan")
+                    result[key] = round(value, self.decimals) if self.decimals is not None else value
+            results.append(result)
+        topk = None
         if return_topk:
             topk = torch.cat(lists) if lists else torch.empty(0, k_max, dtype=torch.int64)
-            return result, users, topk
-        return result
+        return results, users, topk
 
     # ------------------------------------------------------------------ internals
     def _split(self, split: Union[str, Interactions]) -> Interactions:

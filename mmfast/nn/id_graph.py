@@ -30,4 +30,7 @@ class LightGCNEmbeddings(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(user vectors [n_users, dim], item vectors [n_items, dim]) after ``layers`` steps."""
         out = propagate(adj, self.ego(), layers, combine)
-        return out[: self.n_users], out[self.n_users:]
+        # split, not two slices: its backward writes one [n_users + n_items, dim] gradient
+        # (slicing's backward zero-fills a full-size tensor per slice, then adds them).
+        users, items = torch.split(out, [self.n_users, self.n_items])
+        return users, items

@@ -206,6 +206,9 @@ def validate(config: Mapping[str, Any]) -> None:
     steps = config["stopping_step"] if isinstance(config["stopping_step"], list) else [config["stopping_step"]]
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in steps):
         raise ConfigError(f"stopping_step must be an integer >= 0, got {config['stopping_step']!r}")
+    if config.get("optimizer_impl") not in ("fused", "foreach", "loop"):
+        raise ConfigError("optimizer_impl must be 'fused', 'foreach' or 'loop', got "
+                          f"{config.get('optimizer_impl')!r}")
     if config.get("mg"):
         for key, positive_int in (("alpha1", False), ("alpha2", False), ("beta", True)):
             values = config[key] if isinstance(config[key], list) else [config[key]]

