@@ -64,11 +64,10 @@ class LayerGCN(Recommender):
         self.pruning = DegreeSensitivePruning(dataset.train, self.dropout, self.device,
                                               name="LayerGCN")
         self.pruning_rng = self.add_generator("edge_pruning") if self.dropout > 0 else None
-        self.train_adj = self.adj
+        self.train_adj: SparseGraph | None = None  # None: Â (no pruning, or before the first epoch)
 
     def pre_epoch_processing(self) -> None:
         if self.pruning_rng is None:
-            self.train_adj = self.adj
             return
         uniform = self.alternate and self.current_epoch % 2 == 1
         self.train_adj = self.pruning.sample(self.pruning_rng, uniform=uniform).to(
@@ -85,7 +84,7 @@ class LayerGCN(Recommender):
         return total[: self.n_users], total[self.n_users:]
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
-        u, i = self.forward(self.train_adj)
+        u, i = self.forward(self.adj if self.train_adj is None else self.train_adj)
         mf = bpr_loss(u[users], i[positives], i[negatives]) * users.shape[0]  # a sum, as MMRec
         reg = half_squared_norm_loss(self.ids.user(users), self.ids.item(positives),
                                      self.ids.item(negatives))
