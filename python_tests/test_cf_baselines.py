@@ -44,7 +44,7 @@ def dense_adj(ds, users=None, items=None, eps=0.0):
 
 # ------------------------------------------------------------------------------ all three
 @pytest.mark.parametrize("name,width,point", [
-    ("BPR", 64, {"reg_weight": 2.0}),
+    ("BPR", 64, {"reg_weight": 0.1}),
     ("SELFCFED_LGN", 128, {"n_layers": 2, "dropout": 0.1, "reg_weight": 0.0,
                            "edge_drop_ratio": 1.0, "use_neg_sampling": False}),
     ("LayerGCN", 64, {"n_layers": 4, "dropout": 0.1, "reg_weight": 1e-4,
