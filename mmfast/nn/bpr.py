@@ -24,3 +24,9 @@ def embedding_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     divided by the batch size (the rows of the last tensor)."""
     total = torch.stack([torch.linalg.vector_norm(e) for e in embeddings]).sum()
     return total / embeddings[-1].shape[0]
+
+
+def half_squared_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``L2Loss``: (1/2) sum_t ||t||_F^2 over the given tensors, summed over the batch
+    (no division by its size, unlike :func:`embedding_norm_loss`)."""
+    return 0.5 * torch.stack([e.square().sum() for e in embeddings]).sum()

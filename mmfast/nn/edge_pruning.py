@@ -6,6 +6,10 @@ re-normalizes the kept edges symmetrically. Sampling without replacement uses th
 exponential-keys form of weighted sampling (keep the edges with the smallest E/w,
 E ~ Exp(1)), which has the same distribution as successive weighted draws
 (``torch.multinomial(..., replacement=False)``) and is one vectorized top-k.
+
+``sample(uniform=True)`` keeps a uniformly random subset of the same size instead (every edge
+weight equal: Python's ``random.sample`` over the edges). LayerGCN (Zhou et al., ICDE'23) as
+MMRec trains it alternates the two draws from epoch to epoch, degree-sensitive first.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ FREEDOM_DEGREE_EPS = 1e-7  # FREEDOM normalizes by (degree + 1e-7)^-1/2
 
 
 class DegreeSensitivePruning:
-    """Draws FREEDOM's pruned, re-normalized Â for an epoch (``dropout`` = share removed)."""
+    """Draws the pruned, re-normalized Â of an epoch (``dropout`` = share removed): FREEDOM's,
+    and LayerGCN's (``name`` only words the error)."""
 
-    def __init__(self, train: Interactions, dropout: float, device: torch.device) -> None:
+    def __init__(self, train: Interactions, dropout: float, device: torch.device,
+                 name: str = "FREEDOM") -> None:
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"FREEDOM dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"{name} dropout must be in [0, 1), got {dropout}")
         self.n_users, self.n_items = train.n_users, train.n_items
         self.device = torch.device(device)
         self.users = train.users().to(self.device)
@@ -37,11 +43,14 @@ class DegreeSensitivePruning:
     def full(self) -> SparseGraph:
         return self._normalized(self.users, self.items)
 
-    def sample(self, generator: torch.Generator | None = None) -> SparseGraph:
+    def sample(self, generator: torch.Generator | None = None, uniform: bool = False
+               ) -> SparseGraph:
+        """The pruned graph of one draw (degree-sensitive; ``uniform``: every edge alike)."""
         if self.dropout == 0.0:
             return self.full()
         e = torch.empty_like(self.weights).exponential_(generator=generator)
-        kept = torch.topk(e / self.weights, self.keep, largest=False, sorted=False).indices
+        keys = e if uniform else e / self.weights
+        kept = torch.topk(keys, self.keep, largest=False, sorted=False).indices
         return self._normalized(self.users[kept], self.items[kept])
 
     def _normalized(self, users: torch.Tensor, items: torch.Tensor) -> SparseGraph:
