@@ -25,7 +25,8 @@ Floors, from rates measured in the same process at the same thread count:
   ranking) at the measured float32 GEMM rate;
 - ``optimizer``: Adam reads parameter, gradient and two moments and writes three tensors:
   7 x 4 bytes a parameter at the copy bandwidth of a buffer the size of the parameters;
-Parts without a floor show "—" (the sampler's work is random draws and rejection tests, not
+An older checkout profiles the same way (``PYTHONPATH=<checkout> python
+benchmarks/epoch_profile.py``: the "before" columns of RESULTS.md). Parts without a floor show "—" (the sampler's work is random draws and rejection tests, not
 bytes; it is about 1% of an epoch). Prints one table per model and thread count (ms per epoch) and
 ``--json`` writes them all. Times are wall-clock under the profiler (which adds a few µs per
 op); the total without the profiler is printed beside them.
@@ -46,7 +47,12 @@ from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.trainer import config as cfg
 from mmfast.trainer.evaluation import build_evaluator
-from mmfast.trainer.fit import adam
+
+try:
+    from mmfast.trainer.fit import adam
+except ImportError:  # a checkout from before fused Adam: profile it as it trained
+    def adam(params, lr, weight_decay, impl=None):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("sampler", "graph", "GEMM", "InfoNCE / CLUB", "optimizer", "gather / scatter",
@@ -137,7 +143,10 @@ def profile_model(name: str, threads: int, args) -> dict:
         model.eval()
         with torch.no_grad(), torch.profiler.record_function("mmfast.evaluation"):
             u, i = model.embeddings()
-            evaluate(u, i, ("valid", "test"))
+            try:
+                evaluate(u, i, ("valid", "test"))
+            except TypeError:  # a checkout from before the shared ranking: one split a call
+                evaluate(u, i, "valid"), evaluate(u, i, "test")
         t3 = time.perf_counter()
         timings["sampler"] += t1 - t0
         timings["train"] += t2 - t1
