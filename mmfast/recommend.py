@@ -16,9 +16,11 @@ import torch
 
 from mmfast import _ext, models
 from mmfast.data import Dataset, load_dataset
+from mmfast.eval.evaluator import is_sparse, sparse_inner_products
 from mmfast.models.base import Recommender
 from mmfast.ops import topk_scores, use_backend
 from mmfast.ops.csr import gather_rows
+from mmfast.ops.topk import topk_of_scores
 from mmfast.trainer.experiment import resolve_device
 from mmfast.train import import_models
 
@@ -64,6 +66,9 @@ def recommend(
     # Each requested user's training items as a CSR with one row per query.
     rowptr, col = gather_rows(train.rowptr, train.items, users)
     dev = user_vecs.device
+    if is_sparse(user_vecs, item_vecs):  # sparse vectors (ItemKNNCBF): score, then rank
+        scores = sparse_inner_products(user_vecs, item_vecs)(users)
+        return topk_of_scores(scores, k, exclude=(rowptr.to(scores.device), col.to(scores.device)))
     return topk_scores(user_vecs[users.to(dev)], item_vecs, k, exclude=(rowptr.to(dev), col.to(dev)))
 
 

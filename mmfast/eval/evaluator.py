@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import torch
 
 from mmfast.data.dataset import Dataset, Interactions
-from mmfast.ops.csr import gather_rows
+from mmfast.ops.csr import expand_rows, gather_rows
 from mmfast.ops.metrics import METRICS, rank_metrics
 from mmfast.ops.topk import topk_of_scores, topk_scores
 
@@ -38,6 +38,45 @@ def _small_ops(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def is_sparse(*tables: torch.Tensor | None) -> bool:
+    """Whether any of ``tables`` is a torch sparse matrix (COO or CSR)."""
+    return any(isinstance(t, torch.Tensor) and t.layout != torch.strided for t in tables)
+
+
+def sparse_inner_products(user_emb: torch.Tensor, item_emb: torch.Tensor) -> ScoreFn:
+    """``users -> <user_emb[u], item_emb[i]>`` for every item, [len(users), n_items], where
+    either table may be a torch sparse matrix (COO or CSR; the other dense). For models whose
+    vectors are sparse and as wide as the catalogue, e.g. ItemKNNCBF: user u = row u of R,
+    item i = column i of S, so the inner product is (R S)_ui. A batch's user rows are
+    densified (as large as its scores), the item table multiplies them sparse x dense; no
+    users x items or items x items matrix is formed beyond one batch's scores."""
+    if user_emb.layout != torch.strided:
+        user_csr = user_emb.to_sparse_csr() if user_emb.layout != torch.sparse_csr else user_emb
+        rowptr, col, val = (user_csr.crow_indices(), user_csr.col_indices(),
+                            user_csr.values())
+        positions = torch.arange(col.numel(), device=col.device)
+
+        def user_rows(users: torch.Tensor) -> torch.Tensor:
+            users = users.to(rowptr.device)
+            out_ptr, pos = gather_rows(rowptr, positions, users)
+            rows = expand_rows(out_ptr, pos.numel())
+            dense = torch.zeros(users.numel(), user_csr.shape[1], dtype=val.dtype,
+                                device=val.device)
+            return dense.index_put_((rows, col[pos]), val[pos], accumulate=True)
+    else:
+        def user_rows(users: torch.Tensor) -> torch.Tensor:
+            return user_emb[users.to(user_emb.device)]
+    if item_emb.layout != torch.strided:
+        item_csr = item_emb.to_sparse_csr() if item_emb.layout != torch.sparse_csr else item_emb
+
+        def score(users: torch.Tensor) -> torch.Tensor:
+            return torch.sparse.mm(item_csr, user_rows(users).T).T
+    else:
+        def score(users: torch.Tensor) -> torch.Tensor:
+            return user_rows(users) @ item_emb.T
+    return score
 
 
 class Evaluator:
@@ -103,7 +142,7 @@ class Evaluator:
         """Metrics ``{"recall@20": ..., "ndcg@10": ..., ...}`` over the users of ``split``.
 
         Score with ``user_emb`` [n_users, d] and ``item_emb`` [n_items, d] (inner product,
-        fused kernel), or with ``score_fn(user_ids) -> scores [len(user_ids), n_items]`` for
+        fused kernel; torch sparse tables are scored by :func:`sparse_inner_products`), or with ``score_fn(user_ids) -> scores [len(user_ids), n_items]`` for
         models that score otherwise (its batch of scores is then masked and ranked in
         PyTorch). ``users`` overrides the evaluated users (default: those present in the
         split, as MMRec); users without held-out items are skipped and counted in
@@ -140,6 +179,9 @@ class Evaluator:
     # ------------------------------------------------------------------ the ranking
     def _rank_and_score(self, splits, user_emb, item_emb, score_fn, users, return_topk):
         truths = [self._split(split) for split in splits]
+        if score_fn is None and is_sparse(user_emb, item_emb):
+            self._check_embeddings(user_emb, item_emb)
+            score_fn, user_emb, item_emb = sparse_inner_products(user_emb, item_emb), None, None
         if (score_fn is None) == (user_emb is None or item_emb is None):
             raise ValueError(
                 "Evaluator.evaluate: give either user_emb and item_emb, or score_fn"

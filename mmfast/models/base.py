@@ -99,7 +99,9 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not expose PluginViews")
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user vectors [n_users, d], item vectors [n_items, d]) for full ranking."""
+        """(user vectors [n_users, d], item vectors [n_items, d]) for full ranking: dense, or
+        torch sparse matrices where the vectors are sparse and wide (ItemKNNCBF: rows of R and
+        of S^T, d = n_items), which the evaluator and ``recommend`` score batch by batch."""
         raise NotImplementedError
 
     def pre_epoch_processing(self) -> None:
