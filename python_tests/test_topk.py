@@ -424,3 +424,41 @@ def test_cuda_float_data_sorted_and_unsorted_exclude(dtype, d, shuffle):
     graph = SparseGraph(ex[0], ex[1], torch.ones(ex[1].numel()), (300, 5000))
     got = topk_scores(q.cuda(), keys.cuda(), 50, graph.to("cuda"))
     assert_same_ranking(q, keys, ex, got, want)
+
+
+def brute_topk_of_scores(scores: torch.Tensor, k: int, rowptr=None, col=None):
+    """brute_topk's contract on given scores (-inf scores are candidates; NaN is excluded)."""
+    values, indices = [], []
+    for r, row in enumerate(scores.double().tolist()):
+        gone = set() if rowptr is None else set(col[rowptr[r]:rowptr[r + 1]].tolist())
+        cand = sorted((-v, j) for j, v in enumerate(row) if j not in gone and not math.isnan(v))
+        cand = cand[:k]
+        values.append([-v for v, _ in cand] + [NEG_INF] * (k - len(cand)))
+        indices.append([j for _, j in cand] + [-1] * (k - len(cand)))
+    return (torch.tensor(values, dtype=torch.float64).reshape(len(values), k),
+            torch.tensor(indices, dtype=torch.int64).reshape(len(values), k))
+
+
+@pytest.mark.parametrize("k", [1, 5, 12, 40])
+def test_topk_of_scores_ties_go_to_the_smaller_index(k):
+    """Scores with many ties (small integers, many zeros as ItemKNNCBF's), -inf scores, NaNs,
+    excluded keys and rows with fewer candidates than k."""
+    gen = torch.Generator().manual_seed(k)
+    n, n_keys = 60, 37
+    scores = torch.randint(0, 4, (n, n_keys), generator=gen).double()
+    scores[torch.rand(n, n_keys, generator=gen) < 0.5] = 0.0
+    scores[torch.rand(n, n_keys, generator=gen) < 0.05] = NEG_INF
+    scores[torch.rand(n, n_keys, generator=gen) < 0.05] = float("nan")
+    scores[3] = 1.0  # one row of nothing but ties
+    scores[4] = NEG_INF  # and one with no finite candidate
+    rows = [sorted(torch.randperm(n_keys, generator=gen)[:int(torch.randint(0, 30, (1,),
+                                                                              generator=gen))].tolist())
+            for _ in range(n)]
+    rows[5] = list(range(n_keys))  # everything excluded
+    rowptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    col = torch.tensor([c for r in rows for c in r], dtype=torch.int64)
+    for exclude in (None, (rowptr, col)):
+        got_v, got_i = ops.topk_of_scores(scores, k, exclude)
+        want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
+        assert torch.equal(got_i, want_i)
+        torch.testing.assert_close(got_v, want_v)

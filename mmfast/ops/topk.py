@@ -102,9 +102,9 @@ def topk_of_scores(
 def _topk_of_scores_(
     s: torch.Tensor, k: int, exclude: CsrPair | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Overwrites ``s``. torch.topk picks the set; rows where a tie straddles the k-th place
-    (or too few candidates remain) are redone with a stable sort, so ties go to the smaller
-    index exactly as in the kernels."""
+    """Overwrites ``s``. torch.topk picks the set; in rows where a tie straddles the k-th place
+    (or too few candidates remain) the tied keys are re-chosen by index, so ties go to the
+    smaller index exactly as in the kernels."""
     n, n_keys = s.shape
     blocked = torch.isnan(s)
     if exclude is not None:
@@ -125,15 +125,27 @@ def _topk_of_scores_(
     idx = idx.gather(1, perm)
     redo = ((s == kth).sum(1) != (top == kth).sum(1)) | (kth[:, 0] == float("-inf"))
     if bool(redo.any()):
+        # Keys scoring above the k-th are all in the set already (a prefix of the sorted row);
+        # the slots after them go to the keys tied at the k-th score in index order (the
+        # first ``need`` of each row by a running count), then to nothing (-1): one pass over
+        # the row, not a sort of it. With the k-th at -inf (too few candidates) the ties are
+        # the unblocked keys scored -inf, as candidates come before blocked keys.
         rows = redo.nonzero().squeeze(1)
-        sub, sub_blocked = s[rows], blocked[rows]
-        order = sub.sort(dim=1, descending=True, stable=True).indices
-        # Candidates before blocked keys, keeping score order (then index order) inside each.
-        order = order.gather(1, sub_blocked.gather(1, order).to(torch.int8).sort(
-            dim=1, stable=True).indices)[:, :kk]
-        gone = sub_blocked.gather(1, order)
-        top[rows] = sub.gather(1, order).masked_fill(gone, float("-inf"))
-        idx[rows] = order.masked_fill(gone, -1)
+        sub, kth_r = s[rows], kth[rows]
+        sub_top, sub_idx = top[rows], idx[rows]
+        n_above = (sub_top > kth_r).sum(1, keepdim=True)
+        tie = (sub == kth_r) & ~blocked[rows]
+        rank = tie.cumsum(1)
+        chosen = tie & (rank <= kk - n_above)
+        slot = torch.arange(kk, device=s.device).expand_as(sub_top)
+        free = slot >= n_above
+        sub_top = sub_top.masked_fill(free, float("-inf"))
+        sub_idx = sub_idx.masked_fill(free, -1)
+        r_i, c_i = chosen.nonzero(as_tuple=True)
+        at = n_above[r_i, 0] + rank[r_i, c_i] - 1
+        sub_top[r_i, at] = kth_r[r_i, 0]
+        sub_idx[r_i, at] = c_i
+        top[rows], idx[rows] = sub_top, sub_idx
     values[:, :kk] = top
     indices[:, :kk] = idx
     return values, indices
