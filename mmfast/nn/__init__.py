@@ -4,7 +4,7 @@ AlignRec's purifier, alignment losses and stage-1 aligner,
 modality fusion, SEA's separate learning and CLUB q-net, FREEDOM's edge pruning, BPR; for the
 MMRec baselines: message passing with learnable edge weights (GRCN), hypergraphs (LGMRec),
 LATTICE's learned item graph, DualGNN/DRAGON's sampled user-user aggregation, dropout and
-masking views (SLMRec, BM3), and the visual/textual roles of a dataset's modalities."""
+masking views (SLMRec, BM3), SelfCF's random-rate edge dropout, and the visual/textual roles of a dataset's modalities."""
 from mmfast.nn.alignment import (
     BehaviorPurifier,
     ContentAligner,
@@ -12,8 +12,9 @@ from mmfast.nn.alignment import (
     ui_cosine_loss,
 )
 from mmfast.nn.bma import BMA_FUSIONS, BehaviorModalAlignment
-from mmfast.nn.bpr import bpr_loss, embedding_norm_loss
+from mmfast.nn.bpr import bpr_loss, embedding_norm_loss, half_squared_norm_loss
 from mmfast.nn.club import ClubNet
+from mmfast.nn.edge_dropout import RandomRateEdgeDropout
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.fusion import ItemGraphSmoothing, UserModalityWeights
@@ -54,4 +55,5 @@ __all__ += [  # MMRec baselines
     "BranchMasking", "DropoutView", "EdgeList", "HypergraphConv", "LearnedItemGraph",
     "UserGraphAggregation", "dropout_chain_views", "gumbel_softmax", "image_text_roles",
     "keep_dropout", "segment_softmax", "visual_textual", "visual_textual_roles",
+    "RandomRateEdgeDropout", "half_squared_norm_loss",
 ]
