@@ -19,11 +19,13 @@ FREEDOM_DEGREE_EPS = 1e-7  # FREEDOM normalizes by (degree + 1e-7)^-1/2
 
 
 class DegreeSensitivePruning:
-    """Draws FREEDOM's pruned, re-normalized Â for an epoch (``dropout`` = share removed)."""
+    """Draws FREEDOM's pruned, re-normalized Â for an epoch (``dropout`` = share removed; MMGCF
+    prunes the same way). ``owner`` names the model in the error for a bad ``dropout``."""
 
-    def __init__(self, train: Interactions, dropout: float, device: torch.device) -> None:
+    def __init__(self, train: Interactions, dropout: float, device: torch.device,
+                 owner: str = "FREEDOM") -> None:
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"FREEDOM dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"{owner} dropout must be in [0, 1), got {dropout}")
         self.n_users, self.n_items = train.n_users, train.n_items
         self.device = torch.device(device)
         self.users = train.users().to(self.device)
