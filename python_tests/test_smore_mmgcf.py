@@ -261,7 +261,8 @@ def mmgcf_reference(model, ds, users, pos, neg):
 
     if weighting == "alpha":
         al = torch.sigmoid(model.mm_alpha)
-        i_all = fuse([item * al] + [f * (1 - al) for f in feats], getattr(model, "all_concat", None))
+        i_all = fuse([item * al] + [f * (1 - al) for f in feats],
+                     getattr(model, "all_concat", None))
     elif weighting == "normalized":
         i_all = fuse([F.normalize(item) * len(feats)] + [F.normalize(f) for f in feats],
                      getattr(model, "all_concat", None))
