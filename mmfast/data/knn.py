@@ -15,7 +15,8 @@ direction) gets similarity 0 to every item instead of MMRec's NaN.
 
 Several modalities are mixed as S = sum_m w_m S_m (FREEDOM: w_image = mm_image_weight = 0.1,
 w_text = 0.9), or max-pooled entrywise, S = max_m S_m (SMORE, :func:`max_graphs`). Graphs are
-cached on disk keyed by a SHA-256 of the features and every parameter, written atomically (the cache helpers of :mod:`mmfast.data.graphs`).
+cached on disk keyed by a SHA-256 of the features and every parameter, written atomically
+(the cache helpers of :mod:`mmfast.data.graphs`).
 """
 from __future__ import annotations
 
