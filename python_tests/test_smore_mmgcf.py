@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmfast import models
 from mmfast.data import load_dataset
 from mmfast.data.knn import max_graphs
+from mmfast.models.registry import PluginRefusedError
 from mmfast.ops import SparseGraph
 from mmfast.trainer import TrainingInterrupted, run
 from test_host_syncs import counted_reads
@@ -208,6 +209,15 @@ def test_smore_plugin_views(tiny):
     assert views.modal_features(pos[:5])["text"].shape == (5, 64)
 
 
+@pytest.mark.parametrize("name", ["SMORE+SEA", "SMORE+BMA", "MMGCF+SEA"])
+def test_plugins_attach(tiny, name):
+    model, _ = build(name, tiny)
+    users, pos, neg = one_batch(tiny)
+    base, _ = build(name.split("+")[0], tiny)
+    loss = model.calculate_loss(users, pos, neg)
+    assert torch.isfinite(loss) and loss != base.calculate_loss(users, pos, neg)  # its term
+
+
 def test_smore_bad_input(tiny):
     image, text = tiny.features["image"], tiny.features["text"]
     with pytest.raises(ValueError, match="SMORE needs two modalities"):
@@ -354,6 +364,8 @@ def test_mmgcf_bad_input(tiny):
         build("MMGCF", with_features(tiny, image=image, text=bad))
     with pytest.raises(ValueError, match="at most two modalities"):
         build("MMGCF", with_features(tiny, image=image, text=text, audio=text.copy()))
+    with pytest.raises(PluginRefusedError, match="cannot take \\+BMA: its PluginViews has no modal"):
+        build("MMGCF+BMA", tiny)
     for sets, match in [(["fusion_mode=prod"], "fusion_mode must be one of"),
                         (["weighting=x"], "weighting must be one of"),
                         (["feat_embed_dim=32"], "feat_embed_dim \\(32\\) must equal"),

@@ -23,7 +23,7 @@ Forward (all users and items, every batch), with v the visual and t the textual 
 
 Loss: MGCN's (:func:`mmfast.nn.multiview.multiview_loss`): BPR on Z + ``reg_weight``
 ½(|z_u|² + |z_i+|² + |z_i-|²) / ``train_batch_size`` + ``cl_loss`` (NCE(M_I, H_I) over the
-positives + NCE(M_U, H_U) over the batch users), in-batch InfoNCE at ``temperature``.
+positives + NCE(M_U, H_U) over the batch users), in-batch InfoNCE at ``cl_temperature``.
 
 Plug-in views (``+BMA``/``+SEA``): behaviour = H, modal = M, modal features = the projected x_m.
 
@@ -33,9 +33,10 @@ Fusion Graph Convolutional Network for Multimodal Recommendation." WSDM 2025 (MM
 
 Differences from MMRec: none in the computation at MMRec's settings. The dropout masks come
 from a model-owned random stream (so a resumed run draws the same ones), not the global one.
-``temperature`` is read from the config where MMRec hard-codes 0.2 (its YAML's value, so the
-same by default). A zero feature row has similarity 0 in the frozen graphs where MMRec's would
-be NaN. MMRec's YAML key ``lambda_coeff`` is kept and unused, as in MMRec.
+The NCE temperature is ``cl_temperature`` (as in MGCN) where MMRec hard-codes 0.2 (the
+default); MMRec's YAML key ``temperature``, which nothing reads, is left out (``+BMA`` owns
+it). A zero feature row has similarity 0 in the frozen graphs where MMRec's would be NaN.
+MMRec's YAML key ``lambda_coeff`` is kept and unused, as in MMRec.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ class SMORE(Recommender):
         self.reg_weight = float(config["reg_weight"])
         self.batch_size = int(config["train_batch_size"])
         self.cl_weight = float(config["cl_loss"])
-        self.temperature = float(config.get("temperature", 0.2))
+        self.temperature = float(config["cl_temperature"])
         self.branches = (*self.roles, FUSION)
         # Built in MMRec's order, so a seed draws the same initial weights.
         self.ids = LightGCNEmbeddings(self.n_users, self.n_items, dim)
