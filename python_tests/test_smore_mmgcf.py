@@ -237,7 +237,7 @@ def test_mmgcf_shapes_registration_and_training(tiny):
     model, point = build("MMGCF", tiny)
     assert models.canonical("mmgcf") == "MMGCF"
     assert (point["n_ui_layers"], point["reg_weight"], point["fusion_mode"], point["weighting"],
-            point["dropout"]) == (2, 1e-3, "mean", "equal", 0.5)
+            point["dropout"]) == (2, 1e-3, "mean", "normalized", 0.5)
     assert not model.modal.features.trainable  # MMRec freezes the raw tables
     users, items = model.embeddings()
     assert users.shape == (tiny.n_users, 64) and items.shape == (tiny.n_items, 64)
