@@ -289,7 +289,7 @@ def test_layergcn_matches_a_float64_transcription(tiny, epoch, sets):
 def test_pruning_draws_alternate_between_degree_and_uniform(tiny):
     """Degree-sensitive draws keep low-degree edges more often than uniform ones; LayerGCN
     makes the degree draw on even epochs, the uniform one on odd epochs (or always degree)."""
-    pruning = DegreeSensitivePruning(tiny.train, 0.5, "cpu", name="LayerGCN")
+    pruning = DegreeSensitivePruning(tiny.train, 0.5, "cpu", owner="LayerGCN")
     w = pruning.weights
 
     def kept_weight(uniform, seed):

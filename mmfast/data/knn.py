@@ -14,8 +14,9 @@ direction) gets similarity 0 to every item instead of MMRec's NaN.
   (directed; a row with non-positive degree gets 0, where MMRec would produce NaN).
 
 Several modalities are mixed as S = sum_m w_m S_m (FREEDOM: w_image = mm_image_weight = 0.1,
-w_text = 0.9). Graphs are cached on disk keyed by a SHA-256 of the features and every
-parameter, written atomically (the cache helpers of :mod:`mmfast.data.graphs`).
+w_text = 0.9), or max-pooled entrywise, S = max_m S_m (SMORE, :func:`max_graphs`). Graphs are
+cached on disk keyed by a SHA-256 of the features and every parameter, written atomically
+(the cache helpers of :mod:`mmfast.data.graphs`).
 """
 from __future__ import annotations
 
@@ -113,6 +114,23 @@ def mix_graphs(graphs: Sequence[SparseGraph], weights: Sequence[float]) -> Spars
     vals = torch.cat([g.val.double() * float(w) for g, w in zip(graphs, weights)])
     mixed = SparseGraph.from_coo(rows, cols, vals, shape)
     return SparseGraph(mixed.rowptr, mixed.col, mixed.val.float(), shape)
+
+
+def max_graphs(graphs: Sequence[SparseGraph]) -> SparseGraph:
+    """max_m G_m entrywise over the union of the patterns (SMORE's max-pooled fusion graph):
+    an entry present in one graph keeps its value, one present in several takes the largest."""
+    if not graphs:
+        raise ValueError("max_graphs: no graphs given")
+    shape = graphs[0].shape
+    if any(g.shape != shape for g in graphs):
+        raise ValueError(f"max_graphs: graphs differ in shape: {[g.shape for g in graphs]}")
+    n_cols = max(shape[1], 1)
+    key = torch.cat([g.row_indices() * n_cols + g.col.long() for g in graphs])
+    vals = torch.cat([g.val for g in graphs])
+    key, inverse = torch.unique(key, return_inverse=True)
+    top = torch.full((key.numel(),), float("-inf"), dtype=vals.dtype, device=vals.device)
+    top.scatter_reduce_(0, inverse, vals, "amax")
+    return SparseGraph.from_coo(key // n_cols, key % n_cols, top, shape)
 
 
 def item_knn_graph(

@@ -62,7 +62,7 @@ class LayerGCN(Recommender):
         self.ids = LightGCNEmbeddings(self.n_users, self.n_items, int(config["embedding_size"]))
         self.adj = dataset.norm_adj().to(self.device)
         self.pruning = DegreeSensitivePruning(dataset.train, self.dropout, self.device,
-                                              name="LayerGCN")
+                                              owner="LayerGCN")
         self.pruning_rng = self.add_generator("edge_pruning") if self.dropout > 0 else None
         self.train_adj: SparseGraph | None = None  # None: Â (no pruning, or before the first epoch)
 

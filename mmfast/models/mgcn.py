@@ -13,7 +13,8 @@ weights a = softmax_m(q(E_m)) with the shared query q = Linear-tanh-Linear (Eq. 
 Loss: BPR (log-sigmoid) on Z + ``reg_weight`` ½(|z_u|² + |z_i+|² + |z_i-|²) / ``train_batch_size``
 (the configured size, also for the last smaller batch, as MMRec) + ``cl_loss`` (NCE(M_I, H_I)
 over the positives' rows + NCE(M_U, H_U) over the batch users' rows): in-batch InfoNCE, tau 0.2,
-one direction, duplicate rows counted as negatives (:func:`mmfast.ops.solosim_loss`).
+one direction, duplicate rows counted as negatives (:func:`mmfast.ops.solosim_loss`); the loss is
+:func:`mmfast.nn.multiview.multiview_loss`, which SMORE shares.
 
 Plug-in views (``+BMA``/``+SEA``): behaviour = H (users, items), modal = M (users, items),
 modal features = the projected x_m.
@@ -37,13 +38,12 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import PluginViews, Recommender
 from mmfast.models.registry import register
 from mmfast.nn.alignment import BehaviorPurifier
-from mmfast.nn.bpr import bpr_loss
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.lift import UserLift
 from mmfast.nn.modal_fusion import ModalityFusion
+from mmfast.nn.multiview import lifted_item_view, multiview_loss
 from mmfast.nn.roles import image_text_roles
-from mmfast.ops import propagate, solosim_loss
 
 
 @register()
@@ -86,8 +86,8 @@ class MGCN(Recommender):
         branches = []
         for m in self.roles:
             p = self.purifiers[m](self.ids.item.weight, self.modal(m))
-            p = propagate(getattr(self, f"item_graph_{m}"), p, self.n_layers, "last")
-            branches.append(torch.cat([self.lift(p), p]))
+            branches.append(
+                lifted_item_view(getattr(self, f"item_graph_{m}"), p, self.n_layers, self.lift))
         common = self.fuse(branches)
         side = common
         for m, e in zip(self.roles, branches):
@@ -100,16 +100,10 @@ class MGCN(Recommender):
 
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         content, side = self.views()
-        z = content + side
+        loss = multiview_loss(content, side, users, positives, negatives, n_users=self.n_users,
+                              reg_weight=self.reg_weight, batch_size=self.batch_size,
+                              cl_weight=self.cl_weight, temperature=self.cl_temperature)
         nu = self.n_users
-        u, p, n = z[users], z[nu + positives], z[nu + negatives]
-        loss = bpr_loss(u, p, n) + self.reg_weight * 0.5 * (
-            u.square().sum() + p.square().sum() + n.square().sum()) / self.batch_size
-        if self.cl_weight:
-            t = self.cl_temperature
-            loss = loss + self.cl_weight * (
-                solosim_loss(side[nu + positives], content[nu + positives], t)
-                + solosim_loss(side[users], content[users], t))
         views = PluginViews(
             behavior=(content[:nu], content[nu:]), modal=(side[:nu], side[nu:]),
             modal_features=lambda rows=None: {m: self.modal(m, rows) for m in self.roles})

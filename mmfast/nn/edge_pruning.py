@@ -24,12 +24,12 @@ FREEDOM_DEGREE_EPS = 1e-7  # FREEDOM normalizes by (degree + 1e-7)^-1/2
 
 class DegreeSensitivePruning:
     """Draws the pruned, re-normalized Â of an epoch (``dropout`` = share removed): FREEDOM's,
-    and LayerGCN's (``name`` only words the error)."""
+    and LayerGCN's and MMGCF's. ``owner`` names the model in the error for a bad ``dropout``."""
 
     def __init__(self, train: Interactions, dropout: float, device: torch.device,
-                 name: str = "FREEDOM") -> None:
+                 owner: str = "FREEDOM") -> None:
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{name} dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"{owner} dropout must be in [0, 1), got {dropout}")
         self.n_users, self.n_items = train.n_users, train.n_items
         self.device = torch.device(device)
         self.users = train.users().to(self.device)
