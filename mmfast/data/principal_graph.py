@@ -22,14 +22,28 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 
 from mmfast.data.graphs import _cached, bipartite_normalized
 from mmfast.data.interactions import Interactions
 from mmfast.ops.sparse_graph import SparseGraph
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+
+def _scipy():
+    """scipy.sparse and its linalg, an optional dependency (PGL's global mode only)."""
+    try:
+        import scipy.sparse
+        import scipy.sparse.linalg
+    except ImportError:
+        raise ImportError("PGL's global mode needs SciPy's sparse SVD: pip install scipy "
+                          '(or pip install "mmfast[pgl]")') from None
+    return scipy.sparse, scipy.sparse.linalg
 
 PGL_DEGREE_EPS = 1e-7
 _BLOCK_ELEMENTS = 1 << 24
@@ -39,6 +53,7 @@ def normalized_adjacency_scipy(train: Interactions) -> sp.csr_matrix:
     """MMRec's L = D^-1/2 A D^-1/2 (degrees + 1e-7) as a float64 SciPy CSR matrix."""
     g = bipartite_normalized(train.users(), train.items, train.n_users, train.n_items,
                              dtype=torch.float64, degree_eps=PGL_DEGREE_EPS)
+    sp, _ = _scipy()
     return sp.csr_matrix((g.val.cpu().numpy(), g.col.cpu().numpy(), g.rowptr.cpu().numpy()),
                          shape=g.shape)
 
@@ -55,6 +70,7 @@ def truncated_svd_symmetric(
         lam, x = np.linalg.eigh(matrix.toarray())
     else:
         v0 = np.random.default_rng(0).standard_normal(n)
+        _, spla = _scipy()
         lam, x = spla.eigsh(matrix.astype(np.float64), k=rank, which="LM", v0=v0, tol=0)
     order = np.argsort(-np.abs(lam), kind="stable")[:rank]
     lam, x = lam[order], x[:, order]
