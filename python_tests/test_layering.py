@@ -87,3 +87,18 @@ def test_no_cycle_between_modules():
     for n in sorted(graph):
         if n not in state:
             visit(n)
+
+
+def test_optional_dependencies_stay_optional():
+    """Every model registers and every command's parser builds without the extras' packages
+    (SciPy for PGL's SVD, Ray and Optuna for sweeps): they are imported where they are used."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('scipy', 'ray', 'optuna'): sys.modules[name] = None\n"
+            "import mmfast.models, mmfast.train, mmfast.evaluate, mmfast.recommend\n"
+            "assert 'PGL' in mmfast.models.available() and 'ItemKNNCBF' in mmfast.models.available()\n"
+            "mmfast.train.build_parser()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
