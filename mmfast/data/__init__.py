@@ -12,7 +12,9 @@ from mmfast.data.graphs import (
     normalized_adjacency,
     user_item_lift,
 )
-from mmfast.data.knn import item_knn_graph, knn_graph, mix_graphs, modality_weights
+from mmfast.data.knn import (
+    item_knn_graph, knn_graph, max_graphs, mix_graphs, modality_weights, shrunk_knn_graph,
+)
 from mmfast.data.loading import dataset_root, load, load_dataset
 from mmfast.data.mmrec import read_inter, read_mmrec, write_mmrec
 from mmfast.data.sampler import NegativeSampler, sample_negatives_reference
@@ -35,9 +37,11 @@ __all__ = [
     "knn_graph",
     "load",
     "load_dataset",
+    "max_graphs",
     "mix_graphs",
     "mmrec_split",
     "modality_weights",
+    "shrunk_knn_graph",
     "normalized_adjacency",
     "read_inter",
     "read_mmrec",

@@ -23,6 +23,7 @@ from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.lift import UserLift
 from mmfast.nn.modal_fusion import MODAL_FUSES, ModalityFusion
 from mmfast.nn.modal_gnn import ModalityGNN
+from mmfast.nn.multiview import lifted_item_view, multiview_loss
 from mmfast.nn.relation_graph import RelationGraph, UserKNNGraph
 from mmfast.nn.s3 import SimilaritySupervision, cosine_similarity_target
 from mmfast.nn.edge_weights import EdgeList, segment_softmax
@@ -55,5 +56,5 @@ __all__ += [  # MMRec baselines
     "BranchMasking", "DropoutView", "EdgeList", "HypergraphConv", "LearnedItemGraph",
     "UserGraphAggregation", "dropout_chain_views", "gumbel_softmax", "image_text_roles",
     "keep_dropout", "segment_softmax", "visual_textual", "visual_textual_roles",
-    "RandomRateEdgeDropout", "half_squared_norm_loss",
+    "RandomRateEdgeDropout", "half_squared_norm_loss", "lifted_item_view", "multiview_loss",
 ]
