@@ -1,5 +1,6 @@
 """One training epoch at real scale, mmfast vs pure PyTorch: LightGCN, FREEDOM, DREPMREC, SEA and
-ALIGNREC at Amazon Baby scale, and SEA on the real TikTok set.
+ALIGNREC at Amazon Baby scale, SEA on the real TikTok set, and every other MMRec baseline at Baby
+scale (``test_train_epoch_zoo``; ``-k zoo`` runs them alone).
 
 The same model code on both backends (``mmfast.ops`` kernels vs their references), MMRec's
 batches (2048, fresh negatives) and Adam. Data: the real Baby training graph when
@@ -36,6 +37,9 @@ SHARED_DATA = Path(os.environ.get("MMFAST_SHARED_DATA",
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
 SINGLE = {"LightGCN": ["n_layers=2", "reg_weight=1e-4"], "FREEDOM": ["dropout=0.8", "reg_weight=1e-3"],
           "DREPMREC": [], "SEA": [], "SAND": [], "FREEDOM+SEA": [], "ALIGNREC": []}
+# MMRec's other baselines at their --no-grid points (ItemKNNCBF trains nothing).
+ZOO = ["BPR", "VBPR", "MMGCN", "GRCN", "DualGNN", "LATTICE", "SLMRec", "BM3", "MGCN", "DRAGON",
+       "LGMRec", "SELFCFED_LGN", "LayerGCN", "MVGAE", "SMORE", "PGL", "MMGCF", "DAMRS"]
 ROUNDS = {"LightGCN": 3, "FREEDOM": 2, "DREPMREC": 1, "SEA": 1, "SAND": 1, "FREEDOM+SEA": 1,
           "ALIGNREC": 1}
 SEA_CPU_IMAGE_DIM = 512
@@ -68,7 +72,7 @@ def baby_for_sea():
 
 def make_trainer(model: str, backend: str, *extra: str, dataset: str = "baby", ds=None) -> Trainer:
     config = cfg.resolve(model, dataset, model_defaults=models.get(model).default_config(dataset),
-                         overrides=[*SINGLE[model], *extra],
+                         overrides=[*SINGLE.get(model, []), *extra],
                          cli={"device": str(DEVICE), "backend": backend, "no_grid": True})
     config = cfg.grid_points(config)[0]
     ds = baby() if ds is None else ds
@@ -129,3 +133,18 @@ def test_train_epoch_alignrec_baby(compare, backend):
             trainer.train_epoch(0)
 
     compare("train epoch ALIGNREC baby (random 768-d fused)", backend, epoch, rounds=1)
+
+
+@pytest.mark.parametrize("backend", ["mmfast", "torch"])
+@pytest.mark.parametrize("model", ZOO)
+def test_train_epoch_zoo(compare, model, backend):
+    if model not in models.available():
+        pytest.skip(f"{model} is not registered")
+    trainer = make_trainer(model, backend)
+
+    def epoch():
+        with use_backend(backend):
+            trainer.model.current_epoch = 0
+            trainer.train_epoch(0)
+
+    compare(f"train epoch {model} baby", backend, epoch, rounds=1)
