@@ -171,8 +171,8 @@ class DAMRS(Recommender):
                 single = torch.topk(p.scatter(1, multi, 0.0), self.n_pseudo, dim=1).indices
             e = torch.exp(cos[target] / self.temperature)
             all_ = e.sum(1)
-            mm = e.gather(1, multi).sum(1)
-            sm = e.gather(1, single).sum(1)
+            picked = e.gather(1, torch.cat([multi, single], 1))  # one gather: one backward scatter
+            mm, sm = picked[:, :self.n_pseudo].sum(1), picked[:, self.n_pseudo:].sum(1)
             per_item = -torch.log(mm / all_ + 1e-9) - torch.log(sm / (all_ - mm) + 1e-9)
             term = (per_item * w_items).sum() / total
             loss = term if loss is None else loss + term
