@@ -98,10 +98,14 @@ class UserGraph:
 
 
 def build_user_graph(train: Interactions, topk: int = 200,
-                     block_elements: int = _BLOCK_ELEMENTS) -> UserGraph:
-    """The co-interaction graph of ``train`` (see the module docstring), on the CPU."""
+                     block_elements: int = _BLOCK_ELEMENTS, min_count: int = 1) -> UserGraph:
+    """The co-interaction graph of ``train`` (see the module docstring), on the CPU. Counts
+    below ``min_count`` are dropped before the top-k (DA-MRS's item graph keeps pairs with
+    at least 2 common users: :mod:`mmfast.data.item_behavior_graph`)."""
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"build_user_graph: topk must be a positive int, got {topk!r}")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"build_user_graph: min_count must be a positive int, got {min_count!r}")
     n_users, n_items = train.n_users, train.n_items
     rowptr, items = train.rowptr.cpu(), train.items.cpu()
     users_of = train.to_graph().T  # items x users: who interacted with each item
@@ -121,6 +125,8 @@ def build_user_graph(train: Interactions, topk: int = 200,
         dense = counts.view(rows, n_users).to(torch.float32)
         local = torch.arange(rows)
         dense[local, local + b0] = 0  # the script never counts a user with itself
+        if min_count > 1:
+            dense[dense < min_count] = 0
         k = (dense != 0).sum(1).clamp(max=topk)
         block_ptr = rowptr_from_counts(k)
         out_n = torch.empty(int(block_ptr[-1]), dtype=torch.int64)
@@ -142,20 +148,23 @@ def build_user_graph(train: Interactions, topk: int = 200,
                      torch.cat(pieces_c))
 
 
-def user_graph(train: Interactions, topk: int = 200, *, cache: bool = True,
-               cache_dir: str | os.PathLike | None = None) -> UserGraph:
+def user_graph(train: Interactions, topk: int = 200, *, min_count: int = 1,
+               cache: bool = True, cache_dir: str | os.PathLike | None = None,
+               kind: str = "user-graph") -> UserGraph:
     """:func:`build_user_graph`, read from / written to the on-disk cache (keyed by a SHA-256
-    of the training interactions and ``topk``; written atomically)."""
+    of the training interactions, ``topk`` and ``min_count``; written atomically). ``kind``
+    names the cache file (the item graph passes the transposed interactions and its own)."""
     if not cache:
-        return build_user_graph(train, topk)
-    key = hashlib.sha256(f"user-graph-v{_USER_GRAPH_VERSION}:{topk}:{interactions_hash(train)}"
+        return build_user_graph(train, topk, min_count=min_count)
+    floor = f":min{min_count}" if min_count != 1 else ""  # keeps the older keys valid
+    key = hashlib.sha256(f"{kind}-v{_USER_GRAPH_VERSION}:{topk}{floor}:{interactions_hash(train)}"
                          .encode()).hexdigest()[:32]
-    path = _cache_folder(cache_dir) / "graphs" / f"user-graph-top{topk}-{key}.pt"
+    path = _cache_folder(cache_dir) / "graphs" / f"{kind}-top{topk}-{key}.pt"
     if path.is_file():
         graph = _load(path, train.n_users)
         if graph is not None:
             return graph
-    graph = build_user_graph(train, topk)
+    graph = build_user_graph(train, topk, min_count=min_count)
     atomic_torch_save({"rowptr": graph.rowptr, "neighbours": graph.neighbours,
                        "counts": graph.counts}, path)
     return graph
