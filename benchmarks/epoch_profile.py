@@ -49,6 +49,12 @@ from mmfast.trainer import config as cfg
 from mmfast.trainer.evaluation import build_evaluator
 
 try:
+    from mmfast.trainer.memory import keep_freed_memory
+except ImportError:  # an older checkout: its trainer left glibc's defaults
+    def keep_freed_memory():
+        return False
+
+try:
     from mmfast.trainer.fit import adam
 except ImportError:  # a checkout from before fused Adam: profile it as it trained
     def adam(params, lr, weight_decay, impl=None):
@@ -233,6 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the trainer does (malloc_cache: true)
     results = []
     for name in args.models:
         for threads in args.threads:

@@ -183,3 +183,15 @@ def test_adam_implementations_agree_and_bad_ones_are_refused(tmp_path):
     from mmfast.configs import ConfigError
     with pytest.raises(ConfigError, match="optimizer_impl"):
         tiny_config(optimizer_impl="sgd")
+
+
+def test_cpu_allocator_keeps_freed_memory_on_glibc(tmp_path):
+    import platform
+
+    from mmfast.trainer.memory import keep_freed_memory
+
+    tuned = keep_freed_memory()
+    assert tuned == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() == tuned  # idempotent
+    result = run(tiny_config(epochs=1, malloc_cache=False), out=tmp_path, console=False)
+    assert result.points[0]["status"] == "finished"

@@ -25,6 +25,7 @@ from mmfast.trainer import config as cfg
 from mmfast._atomic import atomic_copy, atomic_write_text
 from mmfast.trainer.rng import seed_everything
 from mmfast.trainer.evaluation import build_evaluator, valid_metric
+from mmfast.trainer.memory import keep_freed_memory
 from mmfast.trainer.fit import (
     BEST, CURVES, LAST, METRICS, EvaluationCallback, Trainer, TrainingInterrupted,
 )
@@ -123,6 +124,8 @@ def run(
             log_name = f"{config['model']}-{config['dataset']}-{run_dir.name}.log"
         atomic_write_text(run_dir / "config.yaml", cfg.dump(config))
     logger = setup_logger(run_dir / log_name, console=console)
+    if config.get("malloc_cache", True):
+        keep_freed_memory()
     try:
         with use_backend(config["backend"]):
             return _run(dict(config), run_dir, logger, resume is not None, use_bar(progress),
