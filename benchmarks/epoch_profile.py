@@ -172,10 +172,17 @@ def profile_model(name: str, threads: int, args) -> dict:
     gemm_flops = graph_bytes = 0.0
     events = prof.events()
     # Self time of each op, attributed to evaluation / sampler when inside those regions.
-    regions = [(ev.time_range.start, ev.time_range.end, ev.name[7:]) for ev in events
-               if ev.name in ("mmfast.sampler", "mmfast.evaluation")]
+    def region(name: str) -> str | None:
+        if name in ("mmfast.sampler", "mmfast.evaluation"):
+            return name[7:]
+        if name.startswith("Optimizer.step") or name.startswith("Optimizer.zero_grad"):
+            return "optimizer"  # its element-wise ops too (the unfused Adam of older runs)
+        return None
+
+    regions = [(ev.time_range.start, ev.time_range.end, region(ev.name)) for ev in events
+               if region(ev.name)]
     for ev in events:
-        if ev.name.startswith("mmfast.") and ev.name[7:] in ("sampler", "evaluation"):
+        if region(ev.name):
             continue
         where = next((r for s, e_, r in regions if s <= ev.time_range.start < e_), None)
         self_us = ev.self_cpu_time_total
