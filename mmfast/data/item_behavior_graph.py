@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import numpy as np
 import torch
 
 from mmfast.data.interactions import Interactions
-from mmfast.data.user_graph import UserGraph, user_graph
+from mmfast.data.user_graph import UserGraph, load_graph_dict, user_graph
 from mmfast.ops.sparse_graph import SparseGraph
 
 ITEM_GRAPH_FILE = "item_graph_dict_2.npy"  # MMRec's DAMRS ``item_graph_dict_file``
@@ -60,16 +59,8 @@ def item_behavior_graph(train: Interactions, topk: int = ITEM_GRAPH_TOPK,
 def read_item_graph_dict(path: str | os.PathLike, n_items: int) -> UserGraph:
     """An ``item_graph_dict_<k>.npy`` (a pickled ``{item: [neighbours, counts]}``); missing
     keys are items without neighbours."""
-    try:
-        obj = np.load(path, allow_pickle=True)
-        graph = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
-    except Exception as exc:  # a corrupt or foreign file: say which one
-        raise ValueError(f"{path}: not a readable item_graph_dict ({exc})") from None
-    if not isinstance(graph, Mapping):
-        raise ValueError(f"{path}: expected a pickled dict {{item: [neighbours, counts]}}, "
-                         f"got {type(graph).__name__}")
     full: dict[int, Any] = {}
-    for key, value in graph.items():
+    for key, value in load_graph_dict(path, "item").items():
         item = int(key)
         if not 0 <= item < n_items:
             raise ValueError(f"{path}: key {item} is not an item of the dataset "

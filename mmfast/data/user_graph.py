@@ -179,17 +179,23 @@ def _load(path: Path, n_users: int) -> UserGraph | None:
     return graph if graph.n_users == n_users else None
 
 
-def read_user_graph_dict(path: str | os.PathLike, n_users: int) -> UserGraph:
-    """A ``user_graph_dict.npy`` (MMRec's pickled ``{user: [neighbours, counts]}``)."""
+def load_graph_dict(path: str | os.PathLike, node: str = "user") -> Mapping[Any, Any]:
+    """The pickled ``{<node>: [neighbours, counts]}`` of a ``<node>_graph_dict*.npy`` file
+    (MMRec's user graph, DA-MRS's item graph), with a one-line error naming the file."""
     try:
         obj = np.load(path, allow_pickle=True)
         graph = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
     except Exception as exc:  # a corrupt or foreign file: say which one
-        raise ValueError(f"{path}: not a readable user_graph_dict ({exc})") from None
+        raise ValueError(f"{path}: not a readable {node}_graph_dict ({exc})") from None
     if not isinstance(graph, Mapping):
-        raise ValueError(f"{path}: expected a pickled dict {{user: [neighbours, counts]}}, "
+        raise ValueError(f"{path}: expected a pickled dict {{{node}: [neighbours, counts]}}, "
                          f"got {type(graph).__name__}")
-    return UserGraph.from_dict(graph, n_users, where=str(path))
+    return graph
+
+
+def read_user_graph_dict(path: str | os.PathLike, n_users: int) -> UserGraph:
+    """A ``user_graph_dict.npy`` (MMRec's pickled ``{user: [neighbours, counts]}``)."""
+    return UserGraph.from_dict(load_graph_dict(path, "user"), n_users, where=str(path))
 
 
 def dataset_user_graph(dataset, file: str | None = USER_GRAPH_FILE, topk: int = 200,
