@@ -121,7 +121,6 @@ class Evaluator:
         self.backend = backend
         self.decimals = decimals
         self.last_counts: dict[str, int] = {}
-        self._counts: list[dict[str, int]] = []
         # (id(part), device) -> (part, rowptr, items). Holding ``part`` keeps its id from being
         # reused by another Interactions while its CSR is cached here.
         self._on_device: dict[
@@ -151,7 +150,6 @@ class Evaluator:
         """
         results, users, topk = self._rank_and_score([split], user_emb, item_emb, score_fn,
                                                     users, return_topk)
-        self.last_counts = self._counts[0]
         if return_topk:
             return results[0], users, topk
         return results[0]
@@ -172,8 +170,6 @@ class Evaluator:
             raise TypeError("Evaluator.evaluate_splits: splits must be a sequence of splits")
         results, _, _ = self._rank_and_score(list(splits), user_emb, item_emb, score_fn,
                                              None, False)
-        if self._counts:
-            self.last_counts = self._counts[-1]
         return results
 
     # ------------------------------------------------------------------ the ranking
@@ -237,13 +233,13 @@ class Evaluator:
         host: list[dict[str, float]] = [{} for _ in truths]  # the one device->host read
         for (i, n), value in zip(names, flat):
             host[i][n] = value
-        results, self._counts = [], []
+        results = []
         for i, split_host in enumerate(host):
             n_users = int(split_host.pop("n_users", 0))
             # Users ranked for another split only are not this split's skipped users.
             n_skipped = int(split_host.pop("n_skipped", 0)) - (users.numel() - active[i].numel()
                                                                if len(truths) > 1 else 0)
-            self._counts.append({"users": n_users, "skipped": n_skipped})
+            self.last_counts = {"users": n_users, "skipped": n_skipped}
             result = {}
             for m in self.metrics:
                 for k in self.ks:
