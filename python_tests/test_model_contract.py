@@ -88,6 +88,10 @@ def test_no_grid_trains_the_default_point(tmp_path):
                     overrides=["default_point={n_layers: 2}"])
     with pytest.raises(cfg.ConfigError, match="default_point names 'n_layers', which is not a grid"):
         cfg.validate(dict(one, default_point={"n_layers": 2}))
+    # --set hyper_parameters=[...] redraws the grid: the YAML's default_point keeps only its axes
+    regrid = cfg.resolve("ToyAux", "synthetic", model_defaults=models.get("ToyAux").default_config(),
+                         overrides=["hyper_parameters=[]", "critic_weight=0.5"])
+    assert regrid["default_point"] == {} and cfg.grid_points(regrid)[0]["critic_weight"] == 0.5
 
 
 # First recorded before LightGCN and FREEDOM moved onto mmfast.nn (the rewrite reproduced

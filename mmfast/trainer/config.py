@@ -154,6 +154,13 @@ def resolve(
     for layer, source in layers:
         check_layer(known, layer, source)
         config = merge(config, layer)
+        if "hyper_parameters" in layer and "default_point" not in layer:
+            # A user layer that redraws the grid keeps the YAML's default_point only for the
+            # axes still in it (``--set hyper_parameters=[...]`` needs no default_point of its own).
+            axes = grid_keys(config)
+            named = config.get("default_point") or {}
+            if isinstance(named, Mapping):
+                config["default_point"] = {k: v for k, v in named.items() if k in axes}
     config["model"], config["dataset"] = model, dataset
     validate(config)
     return config
