@@ -2,7 +2,7 @@
 
     python benchmarks/epoch_profile.py [--models LightGCN FREEDOM SEA] [--threads 1 2]
                                        [--dataset tiktok] [--data-root ../shared/data]
-                                       [--epochs 2] [--json out.json]
+                                       [--epochs 2] [--json out.json] [--ops N]
 
 For each model and thread count: builds the model at its ``--no-grid`` point, runs one warm-up
 epoch, then ``--epochs`` epochs exactly as the trainer does (sampler, ``train_step`` per batch,
@@ -169,6 +169,7 @@ def profile_model(name: str, threads: int, args) -> dict:
             epoch(1 + args.epochs + e, prof_t)
 
     parts: dict[str, float] = defaultdict(float)
+    per_op: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     gemm_flops = graph_bytes = 0.0
     events = prof.events()
     # Self time of each op, attributed to evaluation / sampler when inside those regions.
@@ -188,9 +189,13 @@ def profile_model(name: str, threads: int, args) -> dict:
         self_us = ev.self_cpu_time_total
         if where is not None:
             parts[where] += self_us
+            per_op[(where, ev.name)][0] += self_us
+            per_op[(where, ev.name)][1] += 1
             continue
         part = category(ev.name)
         parts[part] += self_us
+        per_op[(part, ev.name)][0] += self_us
+        per_op[(part, ev.name)][1] += 1
         if part == "GEMM":
             gemm_flops += ev.flops or 0
         if ev.name in ("mmfast::propagate", "mmfast::spmm"):  # forward, and inside backward
@@ -218,10 +223,12 @@ def profile_model(name: str, threads: int, args) -> dict:
         "rates": {"copy_GBps_table": bw_table / 1e9, "copy_GBps_params": bw_params / 1e9,
                   "gemm_GFLOPs": rate / 1e9},
         "params": n_params,
+        "ops": sorted(([part, op, us / 1e3 / n, int(calls) // n] for (part, op), (us, calls)
+                       in per_op.items()), key=lambda r: -r[2]),
     }
 
 
-def show(r: dict) -> None:
+def show(r: dict, ops: int = 0) -> None:
     print(f"\n{r['model']} on {r['dataset']}, {r['threads']} thread(s), {r['batches']} batches/epoch, "
           f"{r['params'] / 1e6:.2f} M trained parameters; copy {r['rates']['copy_GBps_table']:.0f} GB/s "
           f"(table-sized), GEMM {r['rates']['gemm_GFLOPs']:.0f} GFLOP/s")
@@ -234,6 +241,10 @@ def show(r: dict) -> None:
     print(f"{'total (profiled)':22s} {sum(r['ms'].values()):9.0f}")
     print(f"without the profiler: sampler {u['sampler']:.0f} + train {u['train']:.0f} + "
           f"evaluation {u['evaluation']:.0f} ms")
+    if ops:
+        print(f"\n{'part':18s} {'op (self time)':44s} {'ms/epoch':>9s} {'calls/epoch':>11s}")
+        for part, op, ms_, calls in r["ops"][:ops]:
+            print(f"{part:18s} {op[:44]:44s} {ms_:9.1f} {calls:11d}")
 
 
 def main(argv=None) -> int:
@@ -245,13 +256,14 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--json", default=None)
+    p.add_argument("--ops", type=int, default=0, help="also list the N ops with the most self time")
     args = p.parse_args(argv)
     keep_freed_memory()  # as the trainer does (malloc_cache: true)
     results = []
     for name in args.models:
         for threads in args.threads:
             r = profile_model(name, threads, args)
-            show(r)
+            show(r, args.ops)
             results.append(r)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -42,6 +42,7 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
+    batch_rows,
     BehaviorPurifier,
     LightGCNEmbeddings,
     UserLift,
@@ -50,7 +51,7 @@ from mmfast.nn import (
     similarity_preservation_loss,
     ui_cosine_loss,
 )
-from mmfast.ops import propagate, solosim_loss
+from mmfast.ops import propagate, select_rows, solosim_loss
 
 SIM_TARGETS = ("current", "frozen")
 
@@ -164,7 +165,7 @@ class ALIGNREC(Recommender):
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         h_u, h_i, m_u, m_i = self.lines()
         z_u, z_i = self.fuse(h_u, m_u), self.fuse(h_i, m_i)
-        u, p, n = z_u[users], z_i[positives], z_i[negatives]
+        u, p, n = batch_rows(z_u, z_i, users, positives, negatives)
         warming = self.current_epoch < self.warmup
         loss = self.reg_weight * 0.5 * (u.square().sum() + p.square().sum()
                                         + n.square().sum()) / self.batch_size
@@ -173,13 +174,15 @@ class ALIGNREC(Recommender):
             if self.ui_weight:
                 loss = loss + self.ui_weight * ui_cosine_loss(u, p)
         if self.cl_weight:
-            cl = (solosim_loss(m_i[positives], h_i[positives], self.cl_temperature)
-                  + solosim_loss(m_u[users], h_u[users], self.cl_temperature))
+            m_ub, m_ib = batch_rows(m_u, m_i, users, positives)
+            h_ub, h_ib = batch_rows(h_u, h_i, users, positives)
+            cl = (solosim_loss(m_ib, h_ib, self.cl_temperature)
+                  + solosim_loss(m_ub, h_ub, self.cl_temperature))
             loss = loss + self.cl_weight * cl
         if self.sim_weight:
             table = self.features if self.sim_target == "current" else self.input_features
             loss = loss + self.sim_weight * similarity_preservation_loss(
-                m_i[positives], table[positives])
+                select_rows(m_i, positives), select_rows(table, positives))
         return loss
 
     def train_step(self, users, positives, negatives, optimizer, loss_scale=1.0) -> torch.Tensor:

@@ -43,6 +43,7 @@ from mmfast.nn.bpr import embedding_norm_loss
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.ssl_views import DropoutView
+from mmfast.ops import select_rows
 
 
 @register()
@@ -85,8 +86,8 @@ class BM3(Recommender):
         with torch.no_grad():  # target views: whole tables dropped, then the batch rows
             u_target = (u * drop.mask(u.shape, u))[users]
             i_target = (i * drop.mask(i.shape, i))[positives]
-        u_online = self.predictor(u[users])
-        i_online = self.predictor(i[positives])
+        u_online = self.predictor(select_rows(u, users))
+        i_online = self.predictor(select_rows(i, positives))
         loss = ui_cosine_loss(u_online, i_target) + ui_cosine_loss(i_online, u_target)
         loss = loss + self.reg_weight * embedding_norm_loss(u, i)
         if self.modal is not None:

@@ -63,7 +63,7 @@ from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import LightGCNEmbeddings, check_features
 from mmfast.nn.roles import visual_textual
-from mmfast.ops import propagate
+from mmfast.ops import propagate, select_rows
 
 
 def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
@@ -140,9 +140,9 @@ class DAMRS(Recommender):
         with torch.no_grad():
             lines = (h_t, h_s, h_v)  # MMRec's order
             p = torch.sigmoid(torch.stack(
-                [(ub * F.normalize(h[positives], dim=-1)).sum(1) for h in lines]))
+                [(ub * F.normalize(select_rows(h, positives), dim=-1)).sum(1) for h in lines]))
             n = torch.sigmoid(torch.stack(
-                [(ub * F.normalize(h[negatives], dim=-1)).sum(1) for h in lines]))
+                [(ub * F.normalize(select_rows(h, negatives), dim=-1)).sum(1) for h in lines]))
             p_mean, p_var, p_max = p.mean(0), p.var(0), p.max(0).values
             n_mean = n.mean()
             pos_w = (p_mean * torch.exp(-p_var).square()).clamp(0, 1)
@@ -150,9 +150,10 @@ class DAMRS(Recommender):
         return pos_w, neg_w
 
     def denoised_bpr(self, u, items, h_t, h_v, h_s, users, positives, negatives):
-        ub = u[users]
+        ub = select_rows(u, users)
         pos_w, neg_w = self.modal_weights(ub, h_t, h_v, h_s, positives, negatives)
-        diff = (ub * items[positives]).sum(1) - (ub * items[negatives]).sum(1)
+        pb, nb = select_rows(items, positives), select_rows(items, negatives)
+        diff = (ub * pb).sum(1) - (ub * nb).sum(1)
         return -(F.logsigmoid(diff) * pos_w + F.logsigmoid(-diff) * neg_w).mean()
 
     def neighbor_discrimination(self, h_t, h_v, h_s, items, w_items) -> torch.Tensor:
@@ -183,7 +184,7 @@ class DAMRS(Recommender):
     @staticmethod
     def alignment(u, i, modal, users, w_users, items, w_items) -> torch.Tensor:
         """L_AU: the mean symmetric Bernoulli KL over distinct (user, item) pairs of the batch."""
-        ub = u[users]
+        ub = select_rows(u, users)
         x_g = ub @ F.normalize(i[items], dim=-1).T
         x_m = ub @ F.normalize(modal[items], dim=-1).T
         sym = (torch.sigmoid(x_g) - torch.sigmoid(x_m)) * (x_g - x_m)

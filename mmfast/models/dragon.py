@@ -44,7 +44,7 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import PluginViews
 from mmfast.models.dualgnn import DualGraphBase
 from mmfast.models.registry import register
-from mmfast.nn import RelationGraph, bpr_loss, log2_scale
+from mmfast.nn import RelationGraph, batch_rows, bpr_loss, log2_scale
 
 
 @register()
@@ -82,7 +82,7 @@ class DRAGON(DualGraphBase):
         return users, items, self.user_graph(users), self.item_graph(items)
 
     def _loss(self, u, i, users, positives, negatives) -> torch.Tensor:
-        loss = log2_scale(bpr_loss(u[users], i[positives], i[negatives]))
+        loss = log2_scale(bpr_loss(*batch_rows(u, i, users, positives, negatives)))
         return loss + self.reg_weight * self.preference_reg(users)
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:

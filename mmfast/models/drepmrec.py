@@ -60,6 +60,7 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
+    batch_rows,
     BehaviorModalAlignment,
     FilterGate,
     LightGCNEmbeddings,
@@ -210,15 +211,16 @@ class DREPMREC(Recommender):
         m_u, m_i = self.modal_line(branches)
         with record_function("drepmrec.bpr"):
             z_u, z_i = self.bma.fuse(b_u, m_u), self.bma.fuse(b_i, m_i)
-            u, p, n = z_u[users], z_i[positives], z_i[negatives]
+            u, p, n = batch_rows(z_u, z_i, users, positives, negatives)
             loss = bpr_loss(u, p, n)
             if self.reg_weight:
                 loss = loss + self.reg_weight * squared_l2(u, p, n)
             if self.line_bpr:
-                loss = loss + bpr_loss(b_u[users], b_i[positives], b_i[negatives])
-                loss = loss + bpr_loss(m_u[users], m_i[positives], m_i[negatives])
+                loss = loss + bpr_loss(*batch_rows(b_u, b_i, users, positives, negatives))
+                loss = loss + bpr_loss(*batch_rows(m_u, m_i, users, positives, negatives))
         with record_function("drepmrec.bma"):
-            loss = loss + self.bma(b_u[users], b_i[positives], m_u[users], m_i[positives])
+            loss = loss + self.bma(*batch_rows(b_u, b_i, users, positives),
+                                   *batch_rows(m_u, m_i, users, positives))
         if self.s3_weight:
             with record_function("drepmrec.s3"):
                 loss = loss + self.s3_weight * self.similarity_loss(branches, m_u, m_i, users,

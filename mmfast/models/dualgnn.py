@@ -40,7 +40,9 @@ from mmfast.data.dataset import Dataset
 from mmfast.data.user_graph import dataset_user_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn import ModalityGNN, UserModalityWeights, bpr_loss, check_features, log2_scale
+from mmfast.nn import (
+    ModalityGNN, UserModalityWeights, batch_rows, bpr_loss, check_features, log2_scale,
+)
 from mmfast.nn.roles import visual_textual_roles
 from mmfast.nn.user_graph import UserGraphAggregation
 
@@ -119,7 +121,7 @@ class DualGNN(DualGraphBase):
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward()
-        loss = log2_scale(bpr_loss(u[users], i[positives], i[negatives]))
+        loss = log2_scale(bpr_loss(*batch_rows(u, i, users, positives, negatives)))
         reg = self.preference_reg(users) + self.item_weights.square().mean()
         return loss + self.reg_weight * reg
 

@@ -26,7 +26,7 @@ from mmfast.models.plugins import wants_view
 from mmfast.models.registry import register
 from mmfast.nn import DegreeSensitivePruning, LightGCNEmbeddings, ModalityProjection, bpr_loss
 from mmfast.nn.lift import UserLift
-from mmfast.ops import SparseGraph, propagate
+from mmfast.ops import SparseGraph, propagate, select_rows
 
 
 @register()
@@ -104,8 +104,8 @@ class FREEDOM(Recommender):
 
     def freedom_loss(self, u, i, users, positives, negatives) -> torch.Tensor:
         """FREEDOM's loss from the final user and item vectors."""
-        ub = u[users]
-        loss = bpr_loss(ub, i[positives], i[negatives])
+        ub = select_rows(u, users)
+        loss = bpr_loss(ub, select_rows(i, positives), select_rows(i, negatives))
         if self.reg_weight:
             for m in self.modal.modalities:
                 loss = loss + self.reg_weight * bpr_loss(

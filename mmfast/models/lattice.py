@@ -46,7 +46,7 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.data.rw_adjacency import random_walk_adjacency
 from mmfast.models.base import PluginViews, Recommender
 from mmfast.models.registry import register
-from mmfast.nn.bpr import bpr_loss
+from mmfast.nn.bpr import batch_rows, bpr_loss
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.item_graph import LearnedItemGraph
@@ -152,7 +152,7 @@ class LATTICE(Recommender):
         h = F.normalize(self.item_line(build), p=2, dim=1)
         u_cf, i_cf = self.cf_line()
         items = i_cf + h
-        u, p, n = u_cf[users], items[positives], items[negatives]
+        u, p, n = batch_rows(u_cf, items, users, positives, negatives)
         loss = bpr_loss(u, p, n) + self.reg_weight * 0.5 * (
             u.square().sum() + p.square().sum() + n.square().sum()) / self.batch_size
         views = PluginViews(

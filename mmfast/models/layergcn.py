@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn.bpr import bpr_loss, half_squared_norm_loss
+from mmfast.nn.bpr import batch_rows, bpr_loss, half_squared_norm_loss
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.ops import SparseGraph, spmm
@@ -85,7 +85,8 @@ class LayerGCN(Recommender):
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.adj if self.train_adj is None else self.train_adj)
-        mf = bpr_loss(u[users], i[positives], i[negatives]) * users.shape[0]  # a sum, as MMRec
+        # a sum, as MMRec
+        mf = bpr_loss(*batch_rows(u, i, users, positives, negatives)) * users.shape[0]
         reg = half_squared_norm_loss(self.ids.user(users), self.ids.item(positives),
                                      self.ids.item(negatives))
         return mf + self.reg_weight * reg

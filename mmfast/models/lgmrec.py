@@ -59,7 +59,7 @@ from mmfast.nn.features import check_features
 from mmfast.nn.hypergraph import HypergraphConv, gumbel_softmax, keep_dropout
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.roles import visual_textual
-from mmfast.ops import propagate, spmm
+from mmfast.ops import propagate, select_rows, spmm
 
 CF_MODELS = ("lightgcn", "mf")
 
@@ -227,12 +227,12 @@ class LGMRec(Recommender):
         cge, modal, ghe = self.forward()
         out = cge + modal
         n = self.n_users
-        u, p, q = out[users], out[n + positives], out[n + negatives]
+        u, p, q = select_rows(out, users), out[n + positives], out[n + negatives]
         loss = bpr_loss(u, p, q)
         if self.cl_weight:
             (uv, iv, ev), (ut, it, et) = (ghe[m] for m in self.modalities)
-            hcl = (self.contrast(uv[users] @ ev, ut, et, users)
-                   + self.contrast(iv[positives] @ ev, it, et, positives))
+            hcl = (self.contrast(select_rows(uv, users) @ ev, ut, et, users)
+                   + self.contrast(select_rows(iv, positives) @ ev, it, et, positives))
             loss = loss + self.cl_weight * hcl
         loss = loss + self.reg_weight * embedding_norm_loss(u, p, q)
         views = PluginViews(

@@ -12,7 +12,7 @@ import torch
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn import LightGCNEmbeddings, bpr_loss, embedding_norm_loss
+from mmfast.nn import LightGCNEmbeddings, batch_rows, bpr_loss, embedding_norm_loss
 
 
 @register()
@@ -32,7 +32,7 @@ class LightGCN(Recommender):
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.ids(self.adj, self.n_layers)
-        mf = bpr_loss(u[users], i[positives], i[negatives], eps=1e-10)
+        mf = bpr_loss(*batch_rows(u, i, users, positives, negatives), eps=1e-10)
         reg = embedding_norm_loss(self.ids.user(users), self.ids.item(positives),
                                   self.ids.item(negatives))
         return mf + self.reg_weight * reg

@@ -43,7 +43,7 @@ from torch import nn
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import PluginViews, Recommender
 from mmfast.models.registry import register
-from mmfast.nn.bpr import bpr_loss
+from mmfast.nn.bpr import batch_rows, bpr_loss
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.id_graph import LightGCNEmbeddings
@@ -124,7 +124,7 @@ class MMGCF(Recommender):
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         u, i = self.ids(self.train_adj, self.n_ui_layers)
         fused = self.fuse_items(i)
-        loss = bpr_loss(u[users], fused[positives], fused[negatives])
+        loss = bpr_loss(*batch_rows(u, fused, users, positives, negatives))
         if self.reg_weight:
             reg = (self.ids.user(users).square().sum() + self.ids.item(positives).square().sum()
                    + self.ids.item(negatives).square().sum()) / (2 * users.shape[0])

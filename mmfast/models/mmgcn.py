@@ -46,9 +46,9 @@ from mmfast.data.aggregation import aggregation_graph
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn import bpr_loss, check_features
+from mmfast.nn import batch_rows, bpr_loss, check_features
 from mmfast.nn.roles import visual_textual_roles
-from mmfast.ops import SparseGraph, spmm
+from mmfast.ops import SparseGraph, select_rows, spmm
 
 
 class MMGCNModalityGCN(nn.Module):
@@ -132,9 +132,9 @@ class MMGCN(Recommender):
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         rep = self.forward()
         u, i = rep[: self.n_users], rep[self.n_users:]
-        loss = bpr_loss(u[users], i[positives], i[negatives])
+        loss = bpr_loss(*batch_rows(u, i, users, positives, negatives))
         ids = self.id_embedding
-        u_ids = ids[users]
+        u_ids = select_rows(ids, users)
         pairs = torch.cat([u_ids, u_ids]).square() + torch.cat(
             [ids[positives + self.n_users], ids[negatives + self.n_users]]).square()
         reg = pairs.mean()

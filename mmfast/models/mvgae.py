@@ -56,7 +56,7 @@ from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn.features import check_features
 from mmfast.nn.roles import image_text_roles
-from mmfast.ops import SparseGraph, spmm
+from mmfast.ops import SparseGraph, select_rows, spmm
 
 MAX_LOGVAR = 10.0
 LATENT = 128  # MMRec's dim_latent of every encoder
@@ -192,7 +192,7 @@ class MVGAE(Recommender):
     def reconstruction(self, z, users, positives, negatives) -> torch.Tensor:
         s = torch.sigmoid(z) if self.sigmoid_decode else z
         shift = self.n_users if self.item_offset else 0
-        su = s[users]
+        su = select_rows(s, users)
         pos = torch.sigmoid((su * s[positives + shift]).sum(-1))
         neg = torch.sigmoid((su @ s[negatives + shift].T).max(dim=1).values)
         return -torch.sum(torch.log2(torch.sigmoid(pos - neg)))

@@ -44,7 +44,7 @@ from mmfast.nn.bpr import bpr_loss
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.roles import image_text_roles
-from mmfast.ops import SparseGraph, propagate, solosim_loss
+from mmfast.ops import SparseGraph, propagate, select_rows, solosim_loss
 
 MODES = ("local", "global")
 CL_TEMPERATURE = 0.2
@@ -112,8 +112,8 @@ class PGL(Recommender):
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.train_adj)
-        ub, pb = u[users], i[positives]
-        loss = bpr_loss(ub, pb, i[negatives])
+        ub, pb = select_rows(u, users), select_rows(i, positives)
+        loss = bpr_loss(ub, pb, select_rows(i, negatives))
         if self.reg_weight:
             loss = loss + self.reg_weight * 0.5 * (self.self_nce(ub) + self.self_nce(pb))
         return loss

@@ -42,6 +42,7 @@ from mmfast.models.base import PluginViews
 from mmfast.models.registry import register_plugin
 from mmfast.models.sea import aux_rows, check_aux_rows, separate_learning
 from mmfast.nn.bma import BehaviorModalAlignment
+from mmfast.nn.bpr import batch_rows
 from mmfast.nn.separation import ordered_modalities
 
 
@@ -125,4 +126,5 @@ class BehaviorModalAlignmentPlugin(Plugin):
         if b_u.shape[1] != m_u.shape[1] or b_i.shape[1] != m_i.shape[1]:
             raise ValueError(f"{type(self).__name__}: BMA aligns lines of one width, and the "
                              f"behaviour line is {b_u.shape[1]}-d, the modal {m_u.shape[1]}-d")
-        return loss + self.bma(b_u[users], b_i[positives], m_u[users], m_i[positives]), views
+        return loss + self.bma(*batch_rows(b_u, b_i, users, positives),
+                               *batch_rows(m_u, m_i, users, positives)), views

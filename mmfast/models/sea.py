@@ -33,6 +33,7 @@ from mmfast.data.knn import item_knn_graph, modality_weights
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
+    batch_rows,
     ItemGraphSmoothing,
     ModalityGNN,
     SeparateLearning,
@@ -126,7 +127,7 @@ class SEA(Recommender):
         z = self.transformed()
         u, i = self.represent(z)
         with record_function("sea.bpr"):
-            loss = bpr_loss(u[users], i[positives], i[negatives])
+            loss = bpr_loss(*batch_rows(u, i, users, positives, negatives))
             if self.bpr_log2:
                 loss = log2_scale(loss)
         rows = aux_rows(self.aux_rows, positives, negatives)

@@ -43,7 +43,7 @@ from mmfast.nn.bpr import half_squared_norm_loss
 from mmfast.nn.edge_dropout import RandomRateEdgeDropout
 from mmfast.nn.id_graph import LightGCNEmbeddings
 from mmfast.nn.ssl_views import DropoutView
-from mmfast.ops import SparseGraph
+from mmfast.ops import SparseGraph, select_rows
 
 
 @register()
@@ -82,7 +82,7 @@ class SELFCFED_LGN(Recommender):
 
     def calculate_loss(self, users, positives, negatives=None) -> torch.Tensor:
         u_all, i_all = self.encode(self.edge_dropout(self.adj))
-        u, i = u_all[users], i_all[positives]
+        u, i = select_rows(u_all, users), select_rows(i_all, positives)
         drop = self.target_dropout
         with torch.no_grad():  # targets: the batch rows, detached, each under its own mask
             u_target = u * drop.mask(u.shape, u)

@@ -63,7 +63,7 @@ from mmfast.nn.ssl_views import (
     dropout_chain_views,
     mask_item_branches,
 )
-from mmfast.ops import SparseGraph, propagate, solosim_loss
+from mmfast.ops import SparseGraph, propagate, select_rows, solosim_loss
 
 SSL_TASKS = ("FAC", "FD", "FM", "FD+FM")
 FUSION_MODES = ("concat", "mean")
@@ -179,14 +179,14 @@ class SLMRec(Recommender):
         ego = self.ego()
         h = self.branches(ego)
         h_users, h_items = h[: self.n_users], h[self.n_users:]
-        z_u = self.fuse(self.user_fuse, h_users[users])
-        z_i = self.fuse(self.item_fuse, h_items[positives])
+        z_u = self.fuse(self.user_fuse, select_rows(h_users, users))
+        z_i = self.fuse(self.item_fuse, select_rows(h_items, positives))
         main = solosim_loss(z_u, z_i, self.temp, normalize=True)
         return main + self.ssl_alpha * self.ssl_loss(ego, h_items, users, positives)
 
     def ssl_loss(self, ego, h_items, users, positives) -> torch.Tensor:
         if self.ssl_task == "FAC":
-            return self.fine_and_coarse(h_items[positives])
+            return self.fine_and_coarse(select_rows(h_items, positives))
         ego_1 = ego_2 = ego
         if self.masking is not None:
             keep_1, keep_2 = self.masking.keep()

@@ -34,7 +34,8 @@ from mmfast.data.dataset import Dataset
 from mmfast.models.base import PluginViews, Recommender
 from mmfast.models.plugins import wants_view
 from mmfast.models.registry import register
-from mmfast.nn import bpr_loss, check_features, embedding_norm_loss
+from mmfast.nn import batch_rows, bpr_loss, check_features, embedding_norm_loss
+from mmfast.ops import select_rows
 
 
 def concat_order(modalities: list[str]) -> list[str]:
@@ -91,7 +92,8 @@ class VBPR(Recommender):
         def item(rows):
             return torch.cat([self.i_embedding[rows], self.content(rows)], dim=1)
 
-        return self.vbpr_loss(self.u_embedding[users], item(positives), item(negatives))
+        users_b = select_rows(self.u_embedding, users)
+        return self.vbpr_loss(users_b, item(positives), item(negatives))
 
     def loss_and_views(self, users, positives, negatives) -> tuple[torch.Tensor, PluginViews]:
         """VBPR's loss and its views: behaviour (γ_u, γ_i), modal (θ_u, E f_i + b), the
@@ -107,7 +109,7 @@ class VBPR(Recommender):
             content = self.content()
         items = torch.cat([self.i_embedding, content], dim=1)
         u = self.u_embedding
-        loss = self.vbpr_loss(u[users], items[positives], items[negatives])
+        loss = self.vbpr_loss(*batch_rows(u, items, users, positives, negatives))
         d = self.dim
         return loss, PluginViews(behavior=(u[:, :d], self.i_embedding), modal=(u[:, d:], content),
                                  modal_features=features)

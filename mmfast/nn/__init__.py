@@ -12,7 +12,7 @@ from mmfast.nn.alignment import (
     ui_cosine_loss,
 )
 from mmfast.nn.bma import BMA_FUSIONS, BehaviorModalAlignment
-from mmfast.nn.bpr import bpr_loss, embedding_norm_loss, half_squared_norm_loss
+from mmfast.nn.bpr import batch_rows, bpr_loss, embedding_norm_loss, half_squared_norm_loss
 from mmfast.nn.club import ClubNet
 from mmfast.nn.edge_dropout import RandomRateEdgeDropout
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
@@ -45,7 +45,8 @@ __all__ = [
     "BehaviorPurifier", "ContentAligner", "similarity_preservation_loss", "ui_cosine_loss",
     "DISTANCING", "ClubNet", "DegreeSensitivePruning", "ItemGraphSmoothing", "LightGCNEmbeddings",
     "ModalityGNN", "ModalityProjection", "ProjectionHead", "SeparateLearning", "UserLift",
-    "UserModalityWeights", "bpr_loss", "check_features", "embedding_norm_loss", "log2_scale", "ordered_modalities",
+    "UserModalityWeights", "batch_rows", "bpr_loss", "check_features", "embedding_norm_loss",
+    "log2_scale", "ordered_modalities",
     "split_halves",
 ]
 __all__ += [  # DRepMRec

@@ -4,6 +4,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmfast.ops import select_rows
+
+
+def batch_rows(
+    users_table: torch.Tensor, items_table: torch.Tensor, users: torch.Tensor,
+    positives: torch.Tensor, negatives: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """The batch's rows (users_table[users], items_table[positives], items_table[negatives]),
+    gathered by :func:`mmfast.ops.select_rows` (``negatives=None``: the first two)."""
+    out = (select_rows(users_table, users), select_rows(items_table, positives))
+    return out if negatives is None else out + (select_rows(items_table, negatives),)
+
 
 def bpr_loss(
     users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, *, eps: float = 0.0

@@ -6,6 +6,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from mmfast.ops import select_rows
+
 
 def check_features(raw: Mapping[str, torch.Tensor], owner: str) -> None:
     """Raise a clear error for a modality table holding NaN or infinite values."""
@@ -73,4 +75,4 @@ class ModalityProjection(nn.Module):
     def forward(self, modality: str, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[len(rows) or n_items, out_dim] projections of modality ``modality``."""
         x = self.features[modality]
-        return self.projections[modality](x if rows is None else x[rows])
+        return self.projections[modality](x if rows is None else select_rows(x, rows))

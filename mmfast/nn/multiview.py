@@ -7,7 +7,7 @@ import torch
 
 from mmfast.nn.bpr import bpr_loss
 from mmfast.nn.lift import UserLift
-from mmfast.ops import SparseGraph, propagate, solosim_loss
+from mmfast.ops import SparseGraph, propagate, select_rows, solosim_loss
 
 
 def lifted_item_view(graph: SparseGraph, items: torch.Tensor, layers: int,
@@ -42,11 +42,11 @@ def multiview_loss(
     last, smaller batch). NCE is the one-direction in-batch InfoNCE over cosine similarities,
     duplicate rows counted as negatives (:func:`mmfast.ops.solosim_loss`)."""
     z = content + side
-    u, p, n = z[users], z[n_users + positives], z[n_users + negatives]
+    u, p, n = select_rows(z, users), z[n_users + positives], z[n_users + negatives]
     loss = bpr_loss(u, p, n) + reg_weight * 0.5 * (
         u.square().sum() + p.square().sum() + n.square().sum()) / batch_size
     if cl_weight:
         loss = loss + cl_weight * (
             solosim_loss(side[n_users + positives], content[n_users + positives], temperature)
-            + solosim_loss(side[users], content[users], temperature))
+            + solosim_loss(select_rows(side, users), select_rows(content, users), temperature))
     return loss

@@ -20,6 +20,7 @@ from mmfast.ops.graph import (
     spmm_reference,
 )
 from mmfast.ops.metrics import METRICS, rank_metrics
+from mmfast.ops.rows import select_rows
 from mmfast.ops.solosim import solosim_loss, solosim_reference
 from mmfast.ops.sparse_graph import SparseGraph
 from mmfast.ops.topk import CUDA_MAX_K, topk_of_scores, topk_scores, topk_scores_reference
@@ -33,6 +34,7 @@ __all__ = [
     "club_nll",
     "club_upper_bound",
     "club_upper_bound_reference",
+    "select_rows",
     "get_default_backend",
     "layer_coefficients",
     "propagate",
