@@ -94,6 +94,23 @@ def test_matches_brute_force(d, k, with_exclude, backend):
     assert_same(got, brute_topk(q, keys, k, *(ex or (None, None))))
 
 
+@pytest.mark.parametrize("n_keys", [65536, 65537 + 3000])  # the CPU's full-row and key-tile paths
+def test_both_cpu_paths_with_ties_exclusions_and_inf(n_keys):
+    gen = torch.Generator().manual_seed(n_keys)
+    q = torch.randint(-2, 3, (9, 2), generator=gen).double()
+    keys = torch.randint(-3, 4, (n_keys, 2), generator=gen).double()  # heavy ties
+    ex = random_exclude(9, n_keys, 3000.0, seed=1, index_dtype=torch.int64)
+    for k in (1, 50, 700):
+        assert_same(topk_scores(q, keys, k, ex), brute_topk(q, keys, k, *ex))
+    # rows of -inf and NaN: fewer buckets than k hold a finite score
+    scores_q = torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64)
+    keys1 = torch.full((n_keys, 1), float("inf"), dtype=torch.float64)
+    keys1[::997] = torch.arange(len(keys1[::997]), dtype=torch.float64)[:, None] - 30.0
+    v, i = topk_scores(scores_q, keys1, 200)
+    ref = brute_topk(scores_q, keys1, 200, None, None)
+    assert torch.equal(i, ref[1]) and torch.equal(v.isnan(), ref[0].isnan())
+
+
 @pytest.mark.parametrize("backend", ["mmfast", "torch"])
 def test_k_beyond_candidates_and_all_excluded(backend):
     gen = torch.Generator().manual_seed(3)

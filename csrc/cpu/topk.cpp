@@ -1,11 +1,22 @@
-// CPU kernel of topk_scores. Queries go in blocks of kQueryBlock rows, handed to the threads
-// of at::parallel_for one at a time. A thread scores its block against one tile of keys at a
-// time with a GEMM (at::mm_out; MKL runs single-threaded inside the parallel region) into a
-// small per-thread buffer, and folds each score row into a per-query candidate list: once k
-// keys are held, a key enters only when it beats the running k-th best, and when the list
-// fills up an nth_element cut brings it back to the k best. Keys are visited in ascending
-// order, so a later key that ties the k-th best loses the tie, as the contract wants. The
-// tiling depends only on d, never on the thread count, so the results are deterministic.
+// CPU kernel of topk_scores. Two paths, with the same results:
+//
+// Full rows (n_keys <= kRowKeys, every dataset of the MMRec family): a thread scores a block
+// of queries against all keys with one GEMM (at::mm_out; MKL runs single-threaded inside the
+// parallel region), then selects each query's k best from its row in three passes: (1) the
+// row's maxima over about 4k buckets (SIMD, lane-wise over consecutive vectors); (2) t = the k-th
+// largest of those maxima, a lower bound of the row's k-th best (k of its scores are >= t);
+// (3) every score >= t is a candidate (about k of them on a row in random order), and the
+// candidates are ordered by the contract. Excluded keys are set to NaN in the row first, and
+// NaN never passes a comparison, so they never enter.
+//
+// Key tiles (more keys): a block of kQueryBlock queries is scored against one tile of keys at
+// a time into a small per-thread buffer, and each score row is folded into a per-query
+// candidate list: once k keys are held, a key enters only when it beats the running k-th
+// best, and when the list fills up an nth_element cut brings it back to the k best. Keys are
+// visited in ascending order, so a later key that ties the k-th best loses the tie.
+//
+// Either way the blocks depend only on the shapes, never on the thread count, so the results
+// are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +27,7 @@
 #endif
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -23,6 +35,7 @@
 
 #include "../bind.h"
 #include "../topk.h"
+#include "simd.h"
 
 namespace mmfast {
 namespace {
@@ -74,6 +87,48 @@ inline int64_t next_above(const scalar_t* s, int64_t j, int64_t end, scalar_t th
 #endif
   for (; j < end; ++j)
     if (s[j] > threshold) return j;
+  return end;
+}
+
+// The first j in [begin, end) with s[j] >= threshold (never NaN), else end: the full-row
+// path's candidate scan, AVX2 where the CPU has it.
+#ifdef MMFAST_TOPK_AVX2
+__attribute__((target("avx2"))) int64_t next_at_least_avx2(const float* s, int64_t j, int64_t end,
+                                                           float threshold) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  for (; j + 16 <= end; j += 16) {
+    const int lo = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + j), t, _CMP_GE_OQ));
+    const int hi = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + j + 8), t, _CMP_GE_OQ));
+    const int mask = lo | (hi << 8);
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] >= threshold) return j;
+  return end;
+}
+
+__attribute__((target("avx2"))) int64_t next_at_least_avx2(const double* s, int64_t j,
+                                                           int64_t end, double threshold) {
+  const __m256d t = _mm256_set1_pd(threshold);
+  for (; j + 8 <= end; j += 8) {
+    const int lo = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(s + j), t, _CMP_GE_OQ));
+    const int hi = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(s + j + 4), t, _CMP_GE_OQ));
+    const int mask = lo | (hi << 4);
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < end; ++j)
+    if (s[j] >= threshold) return j;
+  return end;
+}
+#endif
+
+template <typename scalar_t>
+inline int64_t next_at_least(const scalar_t* s, int64_t j, int64_t end, scalar_t threshold) {
+#ifdef MMFAST_TOPK_AVX2
+  if (kHaveAvx2) return next_at_least_avx2(s, j, end, threshold);
+#endif
+  for (; j < end; ++j)
+    if (s[j] >= threshold) return j;
   return end;
 }
 
@@ -193,6 +248,143 @@ class RunningTopk {
   scalar_t threshold_ = 0;
 };
 
+// ---------------------------------------------------------------------------- full rows
+constexpr int64_t kRowKeys = 1 << 16;    // up to this many keys, the full-row path
+constexpr int64_t kRowBlockBytes = 4 << 20;  // a block of score rows: at most 4 MiB (L3)
+constexpr int64_t kMaxBucket = 64;       // at most this many scores per bucket maximum
+
+// Maxima of disjoint buckets of `per` scores each (lane l of `per` consecutive vectors, then
+// scalar buckets for the tail) written to out; returns how many. NaN never wins (v > m is
+// false), so a bucket of NaN only has maximum -inf.
+template <typename scalar_t>
+MMFAST_SIMD_CLONES int64_t bucket_maxima(const scalar_t* s, int64_t n, int64_t per,
+                                         scalar_t* out) {
+  using V = simd::Vec<scalar_t>;
+  constexpr int L = simd::kLanes<scalar_t>;
+  constexpr scalar_t kLow = -std::numeric_limits<scalar_t>::infinity();
+  int64_t m = 0, j = 0;
+  for (; j + L * per <= n; j += L * per) {
+    V mx = simd::splat<scalar_t>(kLow);
+    for (int64_t r = 0; r < per; ++r) {
+      const V v = simd::load(s + j + r * L);
+      mx = v > mx ? v : mx;
+    }
+    for (int l = 0; l < L; ++l) out[m++] = mx[l];
+  }
+  for (; j < n; j += per) {
+    scalar_t mx = kLow;
+    for (int64_t e = j; e < std::min<int64_t>(n, j + per); ++e) mx = s[e] > mx ? s[e] : mx;
+    out[m++] = mx;
+  }
+  return m;
+}
+
+// The k best of one score row (NaN never), in the contract's order, into values/indices with
+// -inf / -1 padding. maxima: scratch of at least n + 1 entries (one bucket per score at worst).
+template <typename scalar_t>
+void select_row(const scalar_t* s, int64_t n, int64_t k, std::vector<scalar_t>& maxima,
+                std::vector<typename Packed<scalar_t>::Item>& cand, scalar_t* values,
+                int64_t* indices) {
+  using P = Packed<scalar_t>;
+  constexpr scalar_t kLow = -std::numeric_limits<scalar_t>::infinity();
+  // About 4k buckets: few enough for a cheap nth_element, enough that the k-th largest
+  // maximum sits near the row's k-th best (about 1.15 k candidates on a row in random order).
+  const int64_t per = std::clamp<int64_t>(n / (4 * k), 1, kMaxBucket);
+  const int64_t m = bucket_maxima(s, n, per, maxima.data());
+  // The k-th largest maximum is a score that k scores reach (one per bucket); when fewer than
+  // k buckets hold a non-NaN score it is -inf, and every non-NaN score is a candidate.
+  scalar_t t = kLow;
+  if (m >= k) {
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.begin() + m,
+                     std::greater<scalar_t>());
+    t = maxima[k - 1];
+  }
+  cand.clear();
+  for (int64_t j = 0; (j = next_at_least(s, j, n, t)) < n; ++j) cand.push_back(P::make(s[j], j));
+  const int64_t got = static_cast<int64_t>(cand.size());
+  const int64_t keep = std::min(k, got);
+  if (got > keep) std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.end(), P::better);
+  std::sort(cand.begin(), cand.begin() + keep, P::better);
+  for (int64_t i = 0; i < keep; ++i) {
+    values[i] = P::score(cand[i]);
+    indices[i] = P::index(cand[i]);
+  }
+  std::fill(values + keep, values + k, kLow);
+  std::fill(indices + keep, indices + k, int64_t(-1));
+}
+
+template <typename scalar_t, typename index_t>
+void topk_full_rows(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
+  const int64_t n_queries = p.queries.size(0), n_keys = p.keys.size(0), d = p.queries.size(1);
+  const int64_t k = p.k;
+  const int64_t row_bytes = std::max<int64_t>(1, n_keys) * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t block = std::clamp<int64_t>(kRowBlockBytes / row_bytes, 8, kQueryBlock);
+  const int64_t n_blocks = (n_queries + block - 1) / block;
+  const int64_t tile = key_tile(d, sizeof(scalar_t));
+  const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
+  const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
+  const int64_t ex_nnz = p.has_exclude ? p.ex_col.numel() : 0;
+  scalar_t* out_values = values.data_ptr<scalar_t>();
+  int64_t* out_indices = indices.data_ptr<int64_t>();
+  if (ex_rowptr != nullptr) {
+    TORCH_CHECK(ex_rowptr[0] == 0 && ex_rowptr[n_queries] == ex_nnz,
+                "topk_scores: exclude rowptr must start at 0 and end at nnz = ", ex_nnz, ", got ",
+                ex_rowptr[0], " ... ", ex_rowptr[n_queries]);
+  }
+  std::atomic<bool> bad_rowptr{false}, bad_col{false};
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::min<int64_t>(n_blocks, at::get_num_threads());
+  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::Tensor scores = at::empty({block * n_keys}, p.queries.options());
+    std::vector<scalar_t> maxima(n_keys + 1);
+    std::vector<typename Packed<scalar_t>::Item> cand;
+    cand.reserve(4 * k + 64);
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
+      const int64_t q0 = b * block;
+      const int64_t nq = std::min(block, n_queries - q0);
+      at::Tensor out = scores.narrow(0, 0, nq * n_keys).view({nq, n_keys});
+      if (d > 0) {
+        // One GEMM per tile of keys, written into its columns of the rows (BLAS takes the
+        // row stride): the tile of keys stays in cache, as on the key-tile path.
+        const at::Tensor q_block = p.queries.narrow(0, q0, nq);
+        for (int64_t k0 = 0; k0 < n_keys; k0 += tile) {
+          const int64_t nk = std::min(tile, n_keys - k0);
+          at::Tensor part = out.narrow(1, k0, nk);
+          at::mm_out(part, q_block, p.keys.narrow(0, k0, nk).t());
+        }
+      } else {
+        out.zero_();
+      }
+      scalar_t* s = out.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < nq; ++r) {
+        scalar_t* row = s + r * n_keys;
+        if (ex_rowptr != nullptr) {
+          const int64_t begin = ex_rowptr[q0 + r], end = ex_rowptr[q0 + r + 1];
+          if (begin < 0 || begin > end || end > ex_nnz) {
+            bad_rowptr = true;
+          } else {
+            for (int64_t e = begin; e < end; ++e) {
+              const int64_t id = static_cast<int64_t>(ex_col[e]);
+              if (id < 0 || id >= n_keys) {
+                bad_col = true;
+                continue;
+              }
+              row[id] = nan;
+            }
+          }
+        }
+        select_row(row, n_keys, k, maxima, cand, out_values + (q0 + r) * k,
+                   out_indices + (q0 + r) * k);
+      }
+    }
+  });
+  TORCH_CHECK(!bad_rowptr, "topk_scores: exclude rowptr must be non-decreasing (sorted CSR) and "
+              "stay within [0, nnz = ", ex_nnz, "]");
+  TORCH_CHECK(!bad_col, "topk_scores: exclude holds key ids outside [0, ", n_keys, ")");
+}
+
+// ---------------------------------------------------------------------------- key tiles
 template <typename scalar_t, typename index_t>
 void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
   const int64_t n_queries = p.queries.size(0), n_keys = p.keys.size(0), d = p.queries.size(1);
@@ -289,7 +481,11 @@ void topk_kernel_cpu(const TopkProblem& p, at::Tensor& values, at::Tensor& indic
   const auto index_type = p.has_exclude ? p.ex_col.scalar_type() : at::kLong;
   AT_DISPATCH_FLOATING_TYPES(p.queries.scalar_type(), "mmfast_topk_scores_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(index_type, "mmfast_topk_scores_cpu", [&] {
-      topk_blocks<scalar_t, index_t>(p, values, indices);
+      if (p.keys.size(0) <= kRowKeys) {
+        topk_full_rows<scalar_t, index_t>(p, values, indices);
+      } else {
+        topk_blocks<scalar_t, index_t>(p, values, indices);
+      }
     });
   });
 }
