@@ -3,7 +3,7 @@
 // Full rows (n_keys <= kRowKeys, every dataset of the MMRec family): a thread scores a block
 // of queries against all keys with one GEMM (at::mm_out; MKL runs single-threaded inside the
 // parallel region), then selects each query's k best from its row in three passes: (1) the
-// row's maxima over about 4k buckets (SIMD, lane-wise over consecutive vectors); (2) t = the k-th
+// row's maxima over about 2k buckets (SIMD, lane-wise over consecutive vectors); (2) t = the k-th
 // largest of those maxima, a lower bound of the row's k-th best (k of its scores are >= t);
 // (3) every score >= t is a candidate (about k of them on a row in random order), and the
 // candidates are ordered by the contract. Excluded keys are set to NaN in the row first, and
@@ -287,9 +287,9 @@ void select_row(const scalar_t* s, int64_t n, int64_t k, std::vector<scalar_t>& 
                 int64_t* indices) {
   using P = Packed<scalar_t>;
   constexpr scalar_t kLow = -std::numeric_limits<scalar_t>::infinity();
-  // About 4k buckets: few enough for a cheap nth_element, enough that the k-th largest
-  // maximum sits near the row's k-th best (about 1.15 k candidates on a row in random order).
-  const int64_t per = std::clamp<int64_t>(n / (4 * k), 1, kMaxBucket);
+  // About 2k buckets: few enough for a cheap nth_element, enough that the k-th largest
+  // maximum sits near the row's k-th best (about 1.4 k candidates on a row in random order).
+  const int64_t per = std::clamp<int64_t>(n / (2 * k), 1, kMaxBucket);
   const int64_t m = bucket_maxima(s, n, per, maxima.data());
   // The k-th largest maximum is a score that k scores reach (one per bucket); when fewer than
   // k buckets hold a non-NaN score it is -inf, and every non-NaN score is a candidate.
@@ -303,8 +303,12 @@ void select_row(const scalar_t* s, int64_t n, int64_t k, std::vector<scalar_t>& 
   for (int64_t j = 0; (j = next_at_least(s, j, n, t)) < n; ++j) cand.push_back(P::make(s[j], j));
   const int64_t got = static_cast<int64_t>(cand.size());
   const int64_t keep = std::min(k, got);
-  if (got > keep) std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.end(), P::better);
-  std::sort(cand.begin(), cand.begin() + keep, P::better);
+  if (got > 3 * keep) {  // rare: a row whose best scores sit in few buckets
+    std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.end(), P::better);
+    std::sort(cand.begin(), cand.begin() + keep, P::better);
+  } else {
+    std::sort(cand.begin(), cand.end(), P::better);
+  }
   for (int64_t i = 0; i < keep; ++i) {
     values[i] = P::score(cand[i]);
     indices[i] = P::index(cand[i]);
