@@ -65,24 +65,29 @@ def rank_metrics(
     evaluated = n_truth > 0
     size = n_truth.clamp(min=1).double()
 
+    # Every k at once: columns k - 1 of the running sums, [n_users, len(ks)].
+    cols = torch.tensor([k - 1 for k in ks], device=device)
+    kk = cols + 1
+    c = n_hits.index_select(1, cols)
+    m = torch.minimum(n_truth.clamp(min=1).unsqueeze(1), kk)   # min(|T_u|, K), at least 1
+    per_user = {
+        "recall": lambda: c / size.unsqueeze(1),
+        "ndcg": lambda: dcg.index_select(1, cols) / ideal[m - 1],
+        "precision": lambda: c / kk,
+        "map": lambda: ap.index_select(1, cols) / m.double(),
+        "hit": lambda: (c > 0).double(),
+    }
     out: dict[str, torch.Tensor] = {}
-    for k in ks:
-        c = n_hits[:, k - 1]
-        m = n_truth.clamp(min=1, max=k)                   # min(|T_u|, K), at least 1
-        per_user = {
-            "recall": c / size,
-            "ndcg": dcg[:, k - 1] / ideal[m - 1],
-            "precision": c / k,
-            "map": ap[:, k - 1] / m.double(),
-            "hit": (c > 0).double(),
-        }
-        for name in metrics:
-            v = per_user[name]
-            if reduction == "none":
-                out[f"{name}@{k}"] = v.masked_fill(~evaluated, float("nan"))
-            else:
-                total = torch.where(evaluated, v, torch.zeros_like(v)).sum()
-                out[f"{name}@{k}"] = total if reduction == "sum" else total / evaluated.sum()
+    for name in metrics:
+        v = per_user[name]()
+        if reduction == "none":
+            v = v.masked_fill(~evaluated.unsqueeze(1), float("nan"))
+        else:
+            v = torch.where(evaluated.unsqueeze(1), v, torch.zeros_like(v)).sum(0)
+            if reduction == "mean":
+                v = v / evaluated.sum()
+        for j, k in enumerate(ks):
+            out[f"{name}@{k}"] = v[..., j]
     out["n_users"] = evaluated.sum()
     out["n_skipped"] = n_users - out["n_users"]
     return out
