@@ -144,3 +144,12 @@ def test_a_model_that_does_not_train_is_evaluated_once(tmp_path):
     assert saved["best"]["valid"]["recall@20"] > 0
     last = torch.load(result.run_dir / "last.pt", weights_only=False)
     assert last["optimizer"] is None and last["scheduler"] is None
+
+
+def test_moving_a_model_keeps_a_shared_graph_shared():
+    config = cfg.grid_points(tiny_config("FREEDOM"))[0]
+    model = models.get("FREEDOM")(config, load_dataset(config), torch.device("cpu"))
+    assert model.train_adj is model.full_adj  # until the first pruning
+    model.double()
+    assert model.train_adj is model.full_adj and model.full_adj.dtype == torch.float64
+    assert model.mm_adj.dtype == torch.float64

@@ -223,11 +223,15 @@ class Recommender(nn.Module):
         """``.to(device)``, ``.double()`` and friends move the frozen graphs the model's modules
         hold as plain attributes (Â, kNN graphs), as they move parameters and buffers."""
         super()._apply(fn, recurse)
+        moved: dict[int, tuple[SparseGraph, SparseGraph]] = {}  # id -> (graph, its copy)
         for module in self.modules():
             for name, value in list(vars(module).items()):
                 if isinstance(value, SparseGraph):
-                    probe = fn(torch.empty(0, dtype=value.dtype, device=value.device))
-                    setattr(module, name, value.to(probe.device, probe.dtype))
+                    if id(value) not in moved:  # a graph held twice (FREEDOM's train_adj is
+                        # full_adj until the first pruning) stays one graph
+                        probe = fn(torch.empty(0, dtype=value.dtype, device=value.device))
+                        moved[id(value)] = (value, value.to(probe.device, probe.dtype))
+                    setattr(module, name, moved[id(value)][1])
         return self
 
     @classmethod
