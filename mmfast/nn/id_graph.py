@@ -7,6 +7,28 @@ from torch import nn
 from mmfast.ops import SparseGraph, propagate
 
 
+def _consecutive(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b``'s rows follow ``a``'s in one storage, so [a; b] is a view of it."""
+    return (a.dim() == b.dim() == 2 and a.shape[1] == b.shape[1] and a.dtype == b.dtype
+            and a.device == b.device and a.is_contiguous() and b.is_contiguous()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and b.storage_offset() == a.storage_offset() + a.numel())
+
+
+class _JoinedRows(torch.autograd.Function):
+    """[a; b] as a view of the storage the two parameters share (no copy); the gradient is
+    split back into the two row ranges (views of it, no copy either)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.rows = a.shape[0]
+        return a.detach().as_strided((a.shape[0] + b.shape[0], a.shape[1]), (a.shape[1], 1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad[:ctx.rows], grad[ctx.rows:]
+
+
 class LightGCNEmbeddings(nn.Module):
     """User and item ID tables (xavier-uniform, as MMRec initializes them) and LightGCN's
     propagation, He et al. SIGIR'20 Eq. (3)-(4): E^(k+1) = Â E^(k), combined over layers
@@ -20,10 +42,28 @@ class LightGCNEmbeddings(nn.Module):
         self.item = nn.Embedding(n_items, dim)
         nn.init.xavier_uniform_(self.user.weight)
         nn.init.xavier_uniform_(self.item.weight)
+        self._tie()
+
+    def _tie(self) -> None:
+        """Make the user and item tables consecutive rows of one storage (same values), so
+        that :meth:`ego` is a view: no 4 MB copy in, nor one out of, every step."""
+        u, i = self.user.weight, self.item.weight
+        if not _consecutive(u, i):
+            table = torch.cat([u.detach(), i.detach()])
+            u.data, i.data = table[:self.n_users], table[self.n_users:]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # .to() / .double() give each table its own storage
+        self._tie()
+        return self
 
     def ego(self) -> torch.Tensor:
-        """E^(0) = [users; items], [n_users + n_items, dim]."""
-        return torch.cat([self.user.weight, self.item.weight])
+        """E^(0) = [users; items], [n_users + n_items, dim]: a view of the tables' shared
+        storage (a copy only if something untied them)."""
+        u, i = self.user.weight, self.item.weight
+        if _consecutive(u, i):
+            return _JoinedRows.apply(u, i)
+        return torch.cat([u, i])
 
     def forward(
         self, adj: SparseGraph, layers: int, combine: str = "mean"
