@@ -93,3 +93,22 @@ def test_cuda_matches_cpu():
     assert torch.allclose(gpu.cpu(), cpu, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="is on"):
         select_rows(table.cuda(), index)
+
+
+def test_batch_rows_from_the_halves_of_one_tensor():
+    from mmfast.nn import batch_rows
+
+    x = randn(11, 4, seed=8).requires_grad_()
+    users, pos, neg = torch.tensor([0, 3, 3]), torch.tensor([1, 6, 0]), torch.tensor([2, 2, 5])
+    weight = [randn(3, 4, seed=s) for s in (9, 10, 11)]
+    results = []
+    for halves in (lambda out: torch.split(out, [4, 7]),  # one gather from `out`
+                   lambda out: (out[:4].clone(), out[4:].clone())):  # two separate tables
+        x.grad = None
+        rows = batch_rows(*halves(x * 3.0), users, pos, neg)
+        sum((r * w).sum() for r, w in zip(rows, weight)).backward()
+        results.append((rows, x.grad.clone()))
+    (a, ga), (b, gb) = results
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and torch.allclose(ga, gb, rtol=1e-14)
+    two = batch_rows(*torch.split(x, [4, 7]), users, pos)
+    assert len(two) == 2 and torch.equal(two[1], x[4:][pos])

@@ -12,9 +12,33 @@ def batch_rows(
     positives: torch.Tensor, negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """The batch's rows (users_table[users], items_table[positives], items_table[negatives]),
-    gathered by :func:`mmfast.ops.select_rows` (``negatives=None``: the first two)."""
+    gathered by :func:`mmfast.ops.select_rows` (``negatives=None``: the first two).
+
+    When the two tables are the halves of one tensor (``torch.split`` of a propagated
+    [users; items], as :class:`~mmfast.nn.LightGCNEmbeddings` returns them), the rows are
+    gathered from that tensor at once: one gather and one gradient, and no copy of the two
+    halves' gradients back into one."""
+    whole = _whole(users_table, items_table)
+    if whole is not None:
+        n_users = users_table.shape[0]
+        parts = [users, positives + n_users]
+        if negatives is not None:
+            parts.append(negatives + n_users)
+        rows = select_rows(whole, torch.cat(parts))
+        return tuple(rows.split([p.shape[0] for p in parts]))
     out = (select_rows(users_table, users), select_rows(items_table, positives))
     return out if negatives is None else out + (select_rows(items_table, negatives),)
+
+
+def _whole(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """The tensor of which ``a`` and ``b`` are the first rows and all the rest, if they are."""
+    base = a._base
+    if (base is None or b._base is not base or base.dim() != 2 or not base.is_contiguous()
+            or a.shape[0] + b.shape[0] != base.shape[0] or a.shape[1:] != base.shape[1:]
+            or b.shape[1:] != base.shape[1:] or a.storage_offset() != base.storage_offset()
+            or b.storage_offset() != base.storage_offset() + a.numel()):
+        return None
+    return base
 
 
 def bpr_loss(
