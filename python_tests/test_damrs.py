@@ -248,6 +248,23 @@ def test_a_step_reads_nothing_back(tiny):
     assert calls == []
 
 
+def test_weighted_and_unique_distinct_ids_give_the_same_loss(tiny, monkeypatch):
+    """The GPU path (first-occurrence weights, no sync) against the CPU path (torch.unique)."""
+    model, _ = build("DAMRS", tiny, "neighbor_weight=0.1")
+    model.double()
+    users, pos, neg = one_batch(tiny)
+    params = [model.ids.user.weight, model.ids.item.weight]
+    results = []
+    for unique_on in (("cpu",), ()):
+        monkeypatch.setattr(type(model), "unique_on", unique_on)
+        loss = model.calculate_loss(users, pos, neg)
+        results.append((loss, torch.autograd.grad(loss, params)))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
 def test_first_occurrence_weights_are_the_distinct_ids():
     ids = torch.tensor([5, 3, 5, 0, 3, 3, 9])
     w = first_occurrence(ids)

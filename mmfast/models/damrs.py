@@ -37,11 +37,12 @@ MMRec quirks, each the default and a switch: ``session_weighted: false`` (the se
 built from ones; its co-interaction counts are read and dropped); ``pseudo_positives: 10`` and
 ``neighbor_temperature: 0.2`` are MMRec's constants.
 
-Differences from MMRec: the distinct users and items of a batch are not gathered with
+Differences from MMRec: on a GPU the distinct users and items of a batch are not gathered with
 ``torch.unique`` (a host sync): each batch position carries a weight, 1 at an id's first
 occurrence and 0 at its repeats, so the means over U and I are the same numbers (the dense
 [batch items, n_items] similarity matrices of L_AI then have 2 x batch rows where MMRec's have the
-distinct items': up to ~1.3x the work and memory on TikTok-sized data); the symmetric
+distinct items': up to ~1.3x the work and memory on TikTok-sized data); on the CPU, where a
+unique syncs nothing, they are gathered as MMRec gathers them; the symmetric
 Bernoulli KL is computed in the equal closed form (σ(x_g) - σ(x_m)) (x_g - x_m) and the BPR terms
 with logsigmoid (MMRec's log(σ) forms give NaN / -inf once a probability saturates); the mean
 similarity that gates the kNN graphs is computed exactly (MMRec: a float32 mean of the n x n
@@ -80,6 +81,9 @@ def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
 @register()
 class DAMRS(Recommender):
     """DA-MRS on LightGCN. Config: see ``configs/model/DAMRS.yaml``."""
+
+    # Devices where the batch's distinct ids are gathered with torch.unique (no sync there).
+    unique_on: tuple[str, ...] = ("cpu",)
 
     def __init__(self, config: Mapping[str, Any], dataset: Dataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
@@ -122,16 +126,23 @@ class DAMRS(Recommender):
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i, h_t, h_v, h_s = self.lines()
         items = torch.cat([positives, negatives])
-        w_items = first_occurrence(items).to(u.dtype)
+        if items.device.type in self.unique_on:
+            # On the CPU a unique reads nothing back from a device: gather each id once, as
+            # MMRec does (its L_AI matrices have the distinct items' rows, ~0.75x of 2 x batch).
+            distinct_users, w_users = torch.unique(users), None
+            items, w_items = torch.unique(items), None
+        else:
+            distinct_users = users
+            w_users = first_occurrence(users).to(u.dtype)
+            w_items = first_occurrence(items).to(u.dtype)
         loss = self.denoised_bpr(u, i + (h_t + h_v + h_s) / 3.0, h_t, h_v, h_s,
                                  users, positives, negatives)
         if self.neighbor_weight:
             loss = loss + self.neighbor_weight * self.neighbor_discrimination(
                 h_t, h_v, h_s, items, w_items)
         if self.kl_weight:
-            w_users = first_occurrence(users).to(u.dtype)
             loss = loss + self.kl_weight * self.alignment(
-                u, i, (h_t + h_s + h_v) / 3.0, users, w_users, items, w_items)
+                u, i, (h_t + h_s + h_v) / 3.0, distinct_users, w_users, items, w_items)
         return loss
 
     @staticmethod
@@ -164,20 +175,25 @@ class DAMRS(Recommender):
             cos[name] = hn[items] @ hn.T  # [batch items, n_items]
         with torch.no_grad():
             prob = {k: torch.softmax(c, dim=1) for k, c in cos.items()}
-        total = w_items.sum()
         loss = None
+        scratch = None  # one [items, n_items] buffer for the no-grad sums, reused in place
         # (target graph, the two others) in MMRec's order: session, visual, textual.
         for target, o1, o2 in (("s", "t", "v"), ("v", "t", "s"), ("t", "v", "s")):
             with torch.no_grad():
                 p = prob[target]
-                multi = torch.topk(prob[o1] + prob[o2] + p + p, self.n_pseudo, dim=1).indices
-                single = torch.topk(p.scatter(1, multi, 0.0), self.n_pseudo, dim=1).indices
+                scratch = torch.add(prob[o1], prob[o2], out=scratch)
+                scratch += p
+                scratch += p  # o1 + o2 + p + p, added in that order
+                multi = torch.topk(scratch, self.n_pseudo, dim=1).indices
+                scratch.copy_(p).scatter_(1, multi, 0.0)
+                single = torch.topk(scratch, self.n_pseudo, dim=1).indices
             e = torch.exp(cos[target] / self.temperature)
             all_ = e.sum(1)
             picked = e.gather(1, torch.cat([multi, single], 1))  # one gather: one backward scatter
             mm, sm = picked[:, :self.n_pseudo].sum(1), picked[:, self.n_pseudo:].sum(1)
             per_item = -torch.log(mm / all_ + 1e-9) - torch.log(sm / (all_ - mm) + 1e-9)
-            term = (per_item * w_items).sum() / total
+            term = (per_item.mean() if w_items is None
+                    else (per_item * w_items).sum() / w_items.sum())
             loss = term if loss is None else loss + term
         return loss / 3.0
 
@@ -188,6 +204,8 @@ class DAMRS(Recommender):
         x_g = ub @ F.normalize(i[items], dim=-1).T
         x_m = ub @ F.normalize(modal[items], dim=-1).T
         sym = (torch.sigmoid(x_g) - torch.sigmoid(x_m)) * (x_g - x_m)
+        if w_users is None:  # the distinct ids themselves
+            return sym.mean()
         return (w_users @ sym @ w_items) / (w_users.sum() * w_items.sum())
 
     def run_info(self) -> dict[str, Any]:
