@@ -84,6 +84,7 @@ def test_bad_input():
 
 
 @requires_cuda
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     table = randn(50, 40, seed=6)
     index = torch.randint(0, 50, (500,), generator=torch.Generator().manual_seed(6))
