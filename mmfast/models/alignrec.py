@@ -42,10 +42,10 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
-    batch_rows,
     BehaviorPurifier,
     LightGCNEmbeddings,
     UserLift,
+    batch_rows,
     bpr_loss,
     check_features,
     similarity_preservation_loss,

@@ -60,7 +60,6 @@ from mmfast.data.knn import item_knn_graph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
-    batch_rows,
     BehaviorModalAlignment,
     FilterGate,
     LightGCNEmbeddings,
@@ -70,6 +69,7 @@ from mmfast.nn import (
     SimilaritySupervision,
     UserKNNGraph,
     UserLift,
+    batch_rows,
     bpr_loss,
     check_features,
 )

@@ -33,11 +33,11 @@ from mmfast.data.knn import item_knn_graph, modality_weights
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
 from mmfast.nn import (
-    batch_rows,
     ItemGraphSmoothing,
     ModalityGNN,
     SeparateLearning,
     UserModalityWeights,
+    batch_rows,
     bpr_loss,
     check_features,
     log2_scale,
