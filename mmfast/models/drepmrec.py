@@ -9,8 +9,8 @@ the figure draws a per-modality user-user graph inside each modal encoder and fe
 and items' modal representations into S3, so ``user_modal: uu_graph`` and ``s3_on_users:
 true`` are the defaults; and ``detach_cross: true`` is, because the numbers chose it (TikTok,
 three seeds each: §4.3's reading 0.0784 ± 0.0024 test Recall@20, the figure's 0.0890 ± 0.0046,
-with ``line_bpr`` 0.0965 ± 0.0021, with ``detach_cross`` 0.0994 ± 0.0054, with both about the
-same as ``detach_cross`` alone; benchmarks/RESULTS.md).
+with ``line_bpr`` 0.0965 ± 0.0021, with ``detach_cross`` 0.0994 ± 0.0054, with both 0.0965 ±
+0.0043; benchmarks/RESULTS.md).
 
 Behaviour line: ID embeddings (64-d, xavier-uniform), LightGCN on Â, ``n_layers`` = 2, mean
 over layers 0..L -> Ē_B.
