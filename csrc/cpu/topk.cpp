@@ -248,6 +248,57 @@ class RunningTopk {
   scalar_t threshold_ = 0;
 };
 
+// The exclude CSR as both paths read it. The driver does not read it (see topk.cpp); here it
+// is in host memory, so its structure is checked as it is read, at no extra pass: a bad row or
+// id is skipped and reported once the threads are done, and nothing is read out of bounds.
+template <typename index_t>
+class ExcludeRows {
+ public:
+  ExcludeRows(const TopkProblem& p, int64_t n_queries, int64_t n_keys)
+      : rowptr_(p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr),
+        col_(p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr),
+        nnz_(p.has_exclude ? p.ex_col.numel() : 0),
+        n_keys_(n_keys) {
+    if (rowptr_ != nullptr) {
+      TORCH_CHECK(rowptr_[0] == 0 && rowptr_[n_queries] == nnz_,
+                  "topk_scores: exclude rowptr must start at 0 and end at nnz = ", nnz_, ", got ",
+                  rowptr_[0], " ... ", rowptr_[n_queries]);
+    }
+  }
+
+  // Calls visit(id) for each valid key id excluded for `query`, in the CSR's order.
+  template <typename F>
+  void for_each(int64_t query, F&& visit) {
+    if (rowptr_ == nullptr) return;
+    const int64_t begin = rowptr_[query], end = rowptr_[query + 1];
+    if (begin < 0 || begin > end || end > nnz_) {
+      bad_rowptr_ = true;
+      return;
+    }
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t id = static_cast<int64_t>(col_[e]);
+      if (id < 0 || id >= n_keys_) {
+        bad_col_ = true;
+        continue;
+      }
+      visit(id);
+    }
+  }
+
+  // After the threads: the errors the rows showed.
+  void raise_if_bad() const {
+    TORCH_CHECK(!bad_rowptr_, "topk_scores: exclude rowptr must be non-decreasing (sorted CSR) "
+                "and stay within [0, nnz = ", nnz_, "]");
+    TORCH_CHECK(!bad_col_, "topk_scores: exclude holds key ids outside [0, ", n_keys_, ")");
+  }
+
+ private:
+  const int64_t* rowptr_;
+  const index_t* col_;
+  int64_t nnz_, n_keys_;
+  std::atomic<bool> bad_rowptr_{false}, bad_col_{false};
+};
+
 // ---------------------------------------------------------------------------- full rows
 constexpr int64_t kRowKeys = 1 << 16;    // up to this many keys, the full-row path
 constexpr int64_t kRowBlockBytes = 4 << 20;  // a block of score rows: at most 4 MiB (L3)
@@ -325,17 +376,9 @@ void topk_full_rows(const TopkProblem& p, at::Tensor& values, at::Tensor& indice
   const int64_t block = std::clamp<int64_t>(kRowBlockBytes / row_bytes, 8, kQueryBlock);
   const int64_t n_blocks = (n_queries + block - 1) / block;
   const int64_t tile = key_tile(d, sizeof(scalar_t));
-  const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
-  const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
-  const int64_t ex_nnz = p.has_exclude ? p.ex_col.numel() : 0;
+  ExcludeRows<index_t> exclude(p, n_queries, n_keys);
   scalar_t* out_values = values.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
-  if (ex_rowptr != nullptr) {
-    TORCH_CHECK(ex_rowptr[0] == 0 && ex_rowptr[n_queries] == ex_nnz,
-                "topk_scores: exclude rowptr must start at 0 and end at nnz = ", ex_nnz, ", got ",
-                ex_rowptr[0], " ... ", ex_rowptr[n_queries]);
-  }
-  std::atomic<bool> bad_rowptr{false}, bad_col{false};
   std::atomic<int64_t> next_block{0};
   const int64_t workers = std::min<int64_t>(n_blocks, at::get_num_threads());
   const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
@@ -363,29 +406,13 @@ void topk_full_rows(const TopkProblem& p, at::Tensor& values, at::Tensor& indice
       scalar_t* s = out.data_ptr<scalar_t>();
       for (int64_t r = 0; r < nq; ++r) {
         scalar_t* row = s + r * n_keys;
-        if (ex_rowptr != nullptr) {
-          const int64_t begin = ex_rowptr[q0 + r], end = ex_rowptr[q0 + r + 1];
-          if (begin < 0 || begin > end || end > ex_nnz) {
-            bad_rowptr = true;
-          } else {
-            for (int64_t e = begin; e < end; ++e) {
-              const int64_t id = static_cast<int64_t>(ex_col[e]);
-              if (id < 0 || id >= n_keys) {
-                bad_col = true;
-                continue;
-              }
-              row[id] = nan;
-            }
-          }
-        }
+        exclude.for_each(q0 + r, [&](int64_t id) { row[id] = nan; });
         select_row(row, n_keys, k, maxima, cand, out_values + (q0 + r) * k,
                    out_indices + (q0 + r) * k);
       }
     }
   });
-  TORCH_CHECK(!bad_rowptr, "topk_scores: exclude rowptr must be non-decreasing (sorted CSR) and "
-              "stay within [0, nnz = ", ex_nnz, "]");
-  TORCH_CHECK(!bad_col, "topk_scores: exclude holds key ids outside [0, ", n_keys, ")");
+  exclude.raise_if_bad();
 }
 
 // ---------------------------------------------------------------------------- key tiles
@@ -399,20 +426,9 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
   const int64_t n_blocks = (n_queries + kQueryBlock - 1) / kQueryBlock;
   // Room for k plus a good share of new candidates between cuts.
   const int64_t cap = 2 * k + 64;
-  const int64_t* ex_rowptr = p.has_exclude ? p.ex_rowptr.data_ptr<int64_t>() : nullptr;
-  const index_t* ex_col = p.has_exclude ? p.ex_col.data_ptr<index_t>() : nullptr;
-  const int64_t ex_nnz = p.has_exclude ? p.ex_col.numel() : 0;
+  ExcludeRows<index_t> exclude(p, n_queries, n_keys);
   scalar_t* out_values = values.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
-  // The driver does not read the exclude CSR (see topk.cpp); here it is in host memory, so
-  // its structure is checked as it is read, at no extra pass: a bad row or id is skipped and
-  // reported once the threads are done, and nothing is ever read out of bounds.
-  if (ex_rowptr != nullptr) {
-    TORCH_CHECK(ex_rowptr[0] == 0 && ex_rowptr[n_queries] == ex_nnz,
-                "topk_scores: exclude rowptr must start at 0 and end at nnz = ", ex_nnz, ", got ",
-                ex_rowptr[0], " ... ", ex_rowptr[n_queries]);
-  }
-  std::atomic<bool> bad_rowptr{false}, bad_col{false};
 
   // Threads take blocks from a shared counter rather than fixed ranges, so one thread that
   // the OS preempts (the CPU is shared) does not hold the rest up. A block's result does not
@@ -432,22 +448,8 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
         lists[r].reset(k, cap);
         excluded[r].clear();
         next_excluded[r] = 0;
-        if (ex_rowptr != nullptr) {
-          const int64_t begin = ex_rowptr[q0 + r], end = ex_rowptr[q0 + r + 1];
-          if (begin < 0 || begin > end || end > ex_nnz) {
-            bad_rowptr = true;
-            continue;
-          }
-          for (int64_t e = begin; e < end; ++e) {
-            const int64_t id = static_cast<int64_t>(ex_col[e]);
-            if (id < 0 || id >= n_keys) {
-              bad_col = true;
-              continue;
-            }
-            excluded[r].push_back(id);
-          }
-          std::sort(excluded[r].begin(), excluded[r].end());
-        }
+        exclude.for_each(q0 + r, [&](int64_t id) { excluded[r].push_back(id); });
+        std::sort(excluded[r].begin(), excluded[r].end());
       }
       const at::Tensor q_block = p.queries.narrow(0, q0, nq);
       for (int64_t k0 = 0; k0 < n_keys; k0 += tile) {
@@ -476,9 +478,7 @@ void topk_blocks(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) 
         lists[r].write(out_values + (q0 + r) * k, out_indices + (q0 + r) * k);
     }
   });
-  TORCH_CHECK(!bad_rowptr, "topk_scores: exclude rowptr must be non-decreasing (sorted CSR) and "
-              "stay within [0, nnz = ", ex_nnz, "]");
-  TORCH_CHECK(!bad_col, "topk_scores: exclude holds key ids outside [0, ", n_keys, ")");
+  exclude.raise_if_bad();
 }
 
 void topk_kernel_cpu(const TopkProblem& p, at::Tensor& values, at::Tensor& indices) {
