@@ -54,7 +54,7 @@ from torch import nn
 from mmfast.data.dataset import Dataset
 from mmfast.models.base import PluginViews, Recommender
 from mmfast.models.registry import register
-from mmfast.nn.bpr import bpr_loss, embedding_norm_loss
+from mmfast.nn.bpr import bpr_loss, embedding_norm_loss, joined_batch_rows
 from mmfast.nn.features import check_features
 from mmfast.nn.hypergraph import HypergraphConv, gumbel_softmax, keep_dropout
 from mmfast.nn.id_graph import LightGCNEmbeddings
@@ -227,7 +227,7 @@ class LGMRec(Recommender):
         cge, modal, ghe = self.forward()
         out = cge + modal
         n = self.n_users
-        u, p, q = select_rows(out, users), out[n + positives], out[n + negatives]
+        u, p, q = joined_batch_rows(out, n, users, positives, negatives)
         loss = bpr_loss(u, p, q)
         if self.cl_weight:
             (uv, iv, ev), (ut, it, et) = (ghe[m] for m in self.modalities)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmfast.ops import select_rows
+from mmfast.ops.rows import consecutive_rows
 
 
 def batch_rows(
@@ -20,23 +21,30 @@ def batch_rows(
     halves' gradients back into one."""
     whole = _whole(users_table, items_table)
     if whole is not None:
-        n_users = users_table.shape[0]
-        parts = [users, positives + n_users]
-        if negatives is not None:
-            parts.append(negatives + n_users)
-        rows = select_rows(whole, torch.cat(parts))
-        return tuple(rows.split([p.shape[0] for p in parts]))
+        return joined_batch_rows(whole, users_table.shape[0], users, positives, negatives)
     out = (select_rows(users_table, users), select_rows(items_table, positives))
     return out if negatives is None else out + (select_rows(items_table, negatives),)
+
+
+def joined_batch_rows(
+    table: torch.Tensor, n_users: int, users: torch.Tensor, positives: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`batch_rows` of one [users; items] table (users first, ``n_users`` of them), in one
+    gather: one gradient for the table, whatever rows the batch repeats."""
+    parts = [users, positives + n_users]
+    if negatives is not None:
+        parts.append(negatives + n_users)
+    rows = select_rows(table, torch.cat(parts))
+    return tuple(rows.split([p.shape[0] for p in parts]))
 
 
 def _whole(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     """The tensor of which ``a`` and ``b`` are the first rows and all the rest, if they are."""
     base = a._base
     if (base is None or b._base is not base or base.dim() != 2 or not base.is_contiguous()
-            or a.shape[0] + b.shape[0] != base.shape[0] or a.shape[1:] != base.shape[1:]
-            or b.shape[1:] != base.shape[1:] or a.storage_offset() != base.storage_offset()
-            or b.storage_offset() != base.storage_offset() + a.numel()):
+            or a.storage_offset() != base.storage_offset()
+            or a.shape[0] + b.shape[0] != base.shape[0] or not consecutive_rows(a, b)):
         return None
     return base
 

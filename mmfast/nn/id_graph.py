@@ -5,14 +5,7 @@ import torch
 from torch import nn
 
 from mmfast.ops import SparseGraph, propagate
-
-
-def _consecutive(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``b``'s rows follow ``a``'s in one storage, so [a; b] is a view of it."""
-    return (a.dim() == b.dim() == 2 and a.shape[1] == b.shape[1] and a.dtype == b.dtype
-            and a.device == b.device and a.is_contiguous() and b.is_contiguous()
-            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-            and b.storage_offset() == a.storage_offset() + a.numel())
+from mmfast.ops.rows import consecutive_rows
 
 
 class _JoinedRows(torch.autograd.Function):
@@ -48,7 +41,7 @@ class LightGCNEmbeddings(nn.Module):
         """Make the user and item tables consecutive rows of one storage (same values), so
         that :meth:`ego` is a view: no 4 MB copy in, nor one out of, every step."""
         u, i = self.user.weight, self.item.weight
-        if not _consecutive(u, i):
+        if not consecutive_rows(u, i):
             table = torch.cat([u.detach(), i.detach()])
             u.data, i.data = table[:self.n_users], table[self.n_users:]
 
@@ -61,7 +54,7 @@ class LightGCNEmbeddings(nn.Module):
         """E^(0) = [users; items], [n_users + n_items, dim]: a view of the tables' shared
         storage (a copy only if something untied them)."""
         u, i = self.user.weight, self.item.weight
-        if _consecutive(u, i):
+        if consecutive_rows(u, i):
             return _JoinedRows.apply(u, i)
         return torch.cat([u, i])
 

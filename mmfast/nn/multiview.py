@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mmfast.nn.bpr import bpr_loss
+from mmfast.nn.bpr import bpr_loss, joined_batch_rows
 from mmfast.nn.lift import UserLift
 from mmfast.ops import SparseGraph, propagate, select_rows, solosim_loss
 
@@ -42,7 +42,7 @@ def multiview_loss(
     last, smaller batch). NCE is the one-direction in-batch InfoNCE over cosine similarities,
     duplicate rows counted as negatives (:func:`mmfast.ops.solosim_loss`)."""
     z = content + side
-    u, p, n = select_rows(z, users), z[n_users + positives], z[n_users + negatives]
+    u, p, n = joined_batch_rows(z, n_users, users, positives, negatives)
     loss = bpr_loss(u, p, n) + reg_weight * 0.5 * (
         u.square().sum() + p.square().sum() + n.square().sum()) / batch_size
     if cl_weight:
