@@ -189,15 +189,12 @@ def profile_model(name: str, threads: int, args) -> dict:
             continue
         where = next((r for s, e_, r in regions if s <= ev.time_range.start < e_), None)
         self_us = ev.self_cpu_time_total
-        if where is not None:
-            parts[where] += self_us
-            per_op[(where, ev.name)][0] += self_us
-            per_op[(where, ev.name)][1] += 1
-            continue
-        part = category(ev.name)
+        part = where if where is not None else category(ev.name)
         parts[part] += self_us
         per_op[(part, ev.name)][0] += self_us
         per_op[(part, ev.name)][1] += 1
+        if where is not None:  # floors count only the training step's own ops
+            continue
         if part == "GEMM":
             gemm_flops += ev.flops or 0
         if ev.name in ("mmfast::propagate", "mmfast::spmm"):  # forward, and inside backward
@@ -238,8 +235,9 @@ def profile_model(name: str, threads: int, args) -> dict:
 
 def show(r: dict, ops: int = 0) -> None:
     print(f"\n{r['model']} on {r['dataset']}, {r['threads']} thread(s), {r['batches']} batches/epoch, "
-          f"{r['params'] / 1e6:.2f} M trained parameters; copy {r['rates']['copy_GBps_table']:.0f} GB/s "
-          f"(table-sized), {r['rates'].get('copy_GBps_memory', float('nan')):.0f} GB/s (from memory), "
+          f"{r['params'] / 1e6:.2f} M trained parameters; copy "
+          f"{r['rates']['copy_GBps_table']:.0f} GB/s (table-sized), "
+          f"{r['rates'].get('copy_GBps_memory', float('nan')):.0f} GB/s (from memory), "
           f"GEMM {r['rates']['gemm_GFLOPs']:.0f} GFLOP/s")
     print(f"{'part (ms per epoch)':22s} {'measured':>9s} {'floor':>8s} {'gap':>6s}")
     for part in PARTS:

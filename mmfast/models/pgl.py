@@ -40,11 +40,11 @@ from mmfast.data.knn import item_knn_graph, modality_weights
 from mmfast.data.principal_graph import principal_subgraph
 from mmfast.models.base import Recommender
 from mmfast.models.registry import register
-from mmfast.nn.bpr import bpr_loss
+from mmfast.nn.bpr import batch_rows, bpr_loss
 from mmfast.nn.edge_pruning import DegreeSensitivePruning
 from mmfast.nn.features import ModalityProjection, check_features
 from mmfast.nn.roles import image_text_roles
-from mmfast.ops import SparseGraph, propagate, select_rows, solosim_loss
+from mmfast.ops import SparseGraph, propagate, solosim_loss
 
 MODES = ("local", "global")
 CL_TEMPERATURE = 0.2
@@ -112,8 +112,8 @@ class PGL(Recommender):
 
     def calculate_loss(self, users, positives, negatives) -> torch.Tensor:
         u, i = self.forward(self.train_adj)
-        ub, pb = select_rows(u, users), select_rows(i, positives)
-        loss = bpr_loss(ub, pb, select_rows(i, negatives))
+        ub, pb, nb = batch_rows(u, i, users, positives, negatives)
+        loss = bpr_loss(ub, pb, nb)
         if self.reg_weight:
             loss = loss + self.reg_weight * 0.5 * (self.self_nce(ub) + self.self_nce(pb))
         return loss
