@@ -63,6 +63,29 @@ def test_idcg_and_map_cut_at_list_length():
     assert out["recall@2"].item() == pytest.approx(2 / 6)
 
 
+@pytest.mark.parametrize("row_len", [2, 40])
+def test_both_hit_searches_agree(monkeypatch, row_len):
+    # Short truth rows are compared with each list, long ones searched in the sorted keys; both
+    # paths give the same metrics on lists with -1 padding, repeated truth items, empty rows.
+    import mmfast.ops.metrics as metrics_mod
+
+    g = torch.Generator().manual_seed(3)
+    n_users, n_items, k = 37, 60, 13
+    topk = torch.stack([torch.randperm(n_items, generator=g)[:k] for _ in range(n_users)])
+    topk[::5, k - 4:] = -1
+    rows = [torch.randint(0, n_items, (int(torch.randint(0, 2 * row_len, (1,), generator=g)),),
+                          generator=g).tolist() for _ in range(n_users)]
+    rows[0], rows[1] = [], topk[1, :3].tolist() * 2
+    truth = csr(rows)
+    outs = []
+    for limit in (0, 10**9):
+        monkeypatch.setattr(metrics_mod, "_COMPARE_ROWS", limit)
+        outs.append(rank_metrics(topk, truth, [1, 5, k], reduction="none"))
+    for key in outs[0]:
+        assert torch.equal(outs[0][key].nan_to_num(-1), outs[1][key].nan_to_num(-1)), key
+    assert outs[0]["recall@13"][1].item() == pytest.approx(1.0)
+
+
 def test_metric_errors():
     with pytest.raises(ValueError, match=r"ks must be ints in \[1, 4\]"):
         rank_metrics(TOPK, TRUTH, [5])

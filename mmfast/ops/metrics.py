@@ -24,6 +24,9 @@ from mmfast.ops.sparse_graph import SparseGraph
 METRICS: tuple[str, ...] = ("recall", "ndcg", "precision", "map", "hit")
 REDUCTIONS = ("mean", "sum", "none")
 Truth = Union[SparseGraph, Tuple[torch.Tensor, torch.Tensor]]
+# Up to this many truth entries per user on average, hits are found by comparing each entry with
+# its user's list (nnz x K compares); above, by a binary search of each listed item in the keys.
+_COMPARE_ROWS = 16
 
 
 def rank_metrics(
@@ -149,8 +152,15 @@ def _hits(topk_indices: torch.Tensor, truth: Truth) -> tuple[torch.Tensor, torch
     n_truth = torch.zeros(n_users, dtype=torch.int64, device=device).index_add_(
         0, keys >> shift, first)
     idx = topk_indices.long()
-    query = (torch.arange(n_users, device=device).unsqueeze(1) << shift) | idx.clamp(min=0)
     if keys.numel() == 0:
         return torch.zeros_like(idx, dtype=torch.bool), n_truth
+    if col.numel() <= _COMPARE_ROWS * n_users:
+        # Short truth rows (the usual held-out split): each truth entry is compared with its
+        # user's K listed items and the matches are counted per (user, rank); -1 never matches
+        # an item id. nnz x K compares against n_users x K binary searches over all keys.
+        same = idx.index_select(0, rows) == col.long().unsqueeze(1)
+        counts = torch.zeros(idx.shape, dtype=torch.int32, device=device)
+        return counts.index_add_(0, rows, same.int()) > 0, n_truth
+    query = (torch.arange(n_users, device=device).unsqueeze(1) << shift) | idx.clamp(min=0)
     pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
     return (keys[pos] == query) & (idx >= 0), n_truth
