@@ -5,8 +5,11 @@
 #   sanitizer  compute-sanitizer memcheck, racecheck and synccheck over small CUDA tests
 #   bench      the op benchmarks, then the training-epoch ones (mmfast vs pure PyTorch)
 #   suite      the whole test suite on the GPU machine (CI runs it on CPU already)
+#   sweep      an 8-point LightGCN grid, serial on the GPU against mmfast.tune with four trials
+#              sharing it (--gpus-per-trial 0.25); needs ray[tune] on the machine
 # Everything lands in $OUT: info.txt, build.log, tests.log, sanitizer-<tool>.log,
-# bench-ops.{log,json} and bench-train.{log,json} (the mmfast-vs-torch tables), suite.log.
+# bench-ops.{log,json} and bench-train.{log,json} (the mmfast-vs-torch tables), suite.log,
+# sweep.log.
 # Choose stages with GPU_STAGES (default "tests sanitizer bench"), time boxes with GPU_*_S.
 # The device machine has torch but no internet, hence --no-build-isolation --no-deps.
 set -uo pipefail
@@ -72,6 +75,16 @@ if want suite; then
   say "whole test suite"
   timeout "${GPU_SUITE_S:-600}" pytest python_tests -q -p no:cacheprovider 2>&1 \
     | tee "$OUT/suite.log" | tail -25
+fi
+if want sweep; then
+  say "sweep: serial against four trials a GPU"
+  if python -c "import ray.tune" 2>/dev/null; then
+    timeout "${GPU_SWEEP_S:-300}" python benchmarks/sweep_speed.py --device cuda \
+      --gpus-per-trial 0.25 --workers 4 --epochs 20 --seeds 2 2>&1 | tee "$OUT/sweep.log" | tail -8
+  else
+    echo "ray[tune] is not installed here (pip install 'mmfast[tune]'): sweep stage skipped" \
+      | tee "$OUT/sweep.log"
+  fi
 fi
 say "done"
 exit "$rc"
