@@ -5,7 +5,7 @@ to exit (Ray's start-up included), with the machine's load printed beside it.
 
     python benchmarks/sweep_speed.py                    # 8 points, workers 2, seeds 1 and 3
     python benchmarks/sweep_speed.py --epochs 40 --workers 2 --seeds 3
-    python benchmarks/sweep_speed.py --device cuda --gpus-per-trial 0.25   # 4 trials a GPU
+    python benchmarks/sweep_speed.py --device cuda --gpus-per-trial 0.25 --workers 4  # 4 a GPU
 
 Both sweeps train the same points with the same seed, so their best valid results agree; the
 script checks that too.
