@@ -6,6 +6,11 @@ Forward: h = S^L_mm e_item (S the mixed kNN graph, frozen); [u; i] = mean of lay
 ``reg_weight`` times the BPR of the users against each modality's projected features
 (``Linear(feature) -> feat_embed_dim``). Evaluation uses the full Â, no pruning.
 
+Differences from MMRec: none in value. Each modality term is computed as <u W_m, x_p - x_n>
+(:meth:`mmfast.nn.ModalityProjection.bpr_loss`), half the products of projecting the positive
+and negative rows; the bias b_m cancels in the difference, so its gradient is zero in both,
+and with a nonzero ``weight_decay`` MMRec's Adam shrinks b_m toward zero where mmfast leaves it.
+
 Plug-ins (``-m FREEDOM+SEA``, ``-m FREEDOM+BMA``; ``mmfast/models/plugins.py``): the behaviour
 view is (u, i) of the pruned Â, the modal view (R̂ h, h) (users lifted by the training graph's
 R̂), the modal features the per-modality projections W_m x^m + b_m (``feat_embed_dim`` wide).
@@ -108,8 +113,7 @@ class FREEDOM(Recommender):
         loss = bpr_loss(ub, select_rows(i, positives), select_rows(i, negatives))
         if self.reg_weight:
             for m in self.modal.modalities:
-                loss = loss + self.reg_weight * bpr_loss(
-                    ub, self.modal(m, positives), self.modal(m, negatives))
+                loss = loss + self.reg_weight * self.modal.bpr_loss(m, ub, positives, negatives)
         return loss
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfast.ops import select_rows
@@ -76,3 +77,19 @@ class ModalityProjection(nn.Module):
         """[len(rows) or n_items, out_dim] projections of modality ``modality``."""
         x = self.features[modality]
         return self.projections[modality](x if rows is None else select_rows(x, rows))
+
+    def bpr_loss(self, modality: str, users: torch.Tensor, positives: torch.Tensor,
+                 negatives: torch.Tensor) -> torch.Tensor:
+        """mean over the batch of -log sigmoid(<u, e_p^m> - <u, e_n^m>) (FREEDOM's modality
+        BPR term, ``bpr_loss(users, self(m, positives), self(m, negatives))``), for ``users``
+        [batch, out_dim] and item ids ``positives``/``negatives``.
+
+        Computed as <u W_m, x_p^m - x_n^m>: the bias b_m cancels in the difference (its
+        gradient is exactly zero either way), and one [batch, out_dim] x [out_dim, d_m] product
+        of the users replaces the projections of the positive and the negative rows, which
+        halves the products forward and backward. The same value up to float rounding.
+        """
+        weight = self.projections[modality].weight  # [out_dim, d_m]
+        x = self.features[modality]
+        diff = ((users @ weight) * (select_rows(x, positives) - select_rows(x, negatives))).sum(-1)
+        return -F.logsigmoid(diff).mean()
