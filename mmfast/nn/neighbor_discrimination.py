@@ -34,7 +34,9 @@ from mmfast.ops._backend import resolve
 # (text, visual, session) as the callers pass them.
 ORDER = ((2, 0, 1), (1, 0, 2), (0, 1, 2))
 EPS = 1e-9
-BLOCK_ELEMENTS = 1 << 20  # entries of one block's [rows, n_items] matrix: ~4 MB in float32
+# Entries of one block's [rows, n_items] matrix: ~4 MB in float32 on the CPU (about eight such
+# matrices live at once: they stay in its L3), ~64 MB on a GPU (enough rows to fill it).
+BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def neighbor_discrimination(
@@ -46,15 +48,17 @@ def neighbor_discrimination(
     ``normalized`` = (ĥ_t, ĥ_v, ĥ_s), each [n_items, d]. ``weights`` ([B] or None) weighs each
     item's term (the mean over distinct items when some ids repeat with weight 0); None is the
     plain mean. ``k`` pseudo-positives of each kind, temperature τ. ``block_rows`` (default:
-    about a million entries per block matrix) only changes speed and memory."""
+    :data:`BLOCK_ELEMENTS` entries per block matrix) only changes speed and memory."""
     if len(normalized) != 3:
-        raise ValueError(f"neighbor_discrimination: needs three graphs' vectors, got {len(normalized)}")
+        raise ValueError("neighbor_discrimination: needs three graphs' vectors, got "
+                         f"{len(normalized)}")
     n = normalized[0].shape[0]
     if not 0 < k <= n:
         raise ValueError(f"neighbor_discrimination: k must be in [1, {n}], got {k}")
     if resolve(backend) == "torch":
         return neighbor_discrimination_reference(normalized, items, weights, k, temperature)
-    rows = block_rows or max(1, min(BLOCK_ELEMENTS // max(n, 1), 1024))
+    elements = BLOCK_ELEMENTS.get(normalized[0].device.type, BLOCK_ELEMENTS["cpu"])
+    rows = block_rows or max(1, elements // max(n, 1))
     return _BlockedNeighborDiscrimination.apply(
         *normalized, items, weights, int(k), float(temperature), int(rows))
 
