@@ -479,3 +479,27 @@ def test_topk_of_scores_ties_go_to_the_smaller_index(k):
         want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
         assert torch.equal(got_i, want_i)
         torch.testing.assert_close(got_v, want_v)
+
+
+@pytest.mark.parametrize("tie_rate", [0.001, 0.02, 0.9])
+def test_topk_of_scores_wide_rows_sparse_and_dense_ties(tie_rate):
+    """Rows wider than the first windows the tied keys are searched in (256, then 1,024, ...):
+    ties at the k-th score that are rare (found far along the row, several windows), common, or
+    most of the row (a sparse scorer's zeros), with exclusions and -inf padding."""
+    gen = torch.Generator().manual_seed(int(tie_rate * 1000))
+    n, n_keys, k = 24, 3000, 20
+    scores = -1.0 - torch.rand(n, n_keys, generator=gen, dtype=torch.float64)
+    scores[torch.rand(n, n_keys, generator=gen) < tie_rate] = 0.0
+    scores[:, :5] = 1.0 + torch.rand(n, 5, generator=gen, dtype=torch.float64)  # above the ties
+    scores[0] = 0.0
+    scores[1, :] = NEG_INF
+    scores[1, 2900:] = 0.0  # few candidates, all far along the row
+    scores[2, 2990:] = NEG_INF
+    rows = [sorted(torch.randperm(n_keys, generator=gen)[:50].tolist()) for _ in range(n)]
+    rowptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    col = torch.tensor([c for r in rows for c in r], dtype=torch.int64)
+    for exclude in (None, (rowptr, col)):
+        got_v, got_i = ops.topk_of_scores(scores, k, exclude)
+        want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
+        assert torch.equal(got_i, want_i)
+        torch.testing.assert_close(got_v, want_v)

@@ -11,6 +11,7 @@ Interactions are not checked again).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -58,6 +59,23 @@ def sparse_inner_products(user_emb: torch.Tensor, item_emb: torch.Tensor) -> Sco
                             user_csr.values())
         positions = torch.arange(col.numel(), device=col.device)
 
+        def sparse_user_rows(users: torch.Tensor) -> torch.Tensor:
+            out_ptr, pos = gather_rows(rowptr, positions, users.to(rowptr.device))
+            with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.sparse_csr_tensor(out_ptr, col[pos], val[pos],
+                                               (users.numel(), user_csr.shape[1]))
+
+        if item_emb.layout != torch.strided:
+            # Both sparse (ItemKNNCBF: R's rows, S's columns): the batch's scores are the sparse
+            # product R[users] S, a few entries a row, densified once.
+            items_t = item_emb.to_sparse_coo().t().to_sparse_csr()  # [width, n_items]
+
+            def sparse_score(users: torch.Tensor) -> torch.Tensor:
+                return (sparse_user_rows(users) @ items_t).to_dense()
+
+            return sparse_score
+
         def user_rows(users: torch.Tensor) -> torch.Tensor:
             users = users.to(rowptr.device)
             out_ptr, pos = gather_rows(rowptr, positions, users)
@@ -72,7 +90,8 @@ def sparse_inner_products(user_emb: torch.Tensor, item_emb: torch.Tensor) -> Sco
         item_csr = item_emb.to_sparse_csr() if item_emb.layout != torch.sparse_csr else item_emb
 
         def score(users: torch.Tensor) -> torch.Tensor:
-            return torch.sparse.mm(item_csr, user_rows(users).T).T
+            # Row-major scores: the ranking reads each user's row.
+            return torch.sparse.mm(item_csr, user_rows(users).T).T.contiguous()
     else:
         def score(users: torch.Tensor) -> torch.Tensor:
             return user_rows(users) @ item_emb.T

@@ -126,25 +126,38 @@ def _topk_of_scores_(
     redo = ((s == kth).sum(1) != (top == kth).sum(1)) | (kth[:, 0] == float("-inf"))
     if bool(redo.any()):
         # Keys scoring above the k-th are all in the set already (a prefix of the sorted row);
-        # the slots after them go to the keys tied at the k-th score in index order (the
-        # first ``need`` of each row by a running count), then to nothing (-1): one pass over
-        # the row, not a sort of it. With the k-th at -inf (too few candidates) the ties are
-        # the unblocked keys scored -inf, as candidates come before blocked keys.
+        # the slots after them go to the keys tied at the k-th score in index order, then to
+        # nothing (-1). With the k-th at -inf (too few candidates) the ties are the unblocked
+        # keys scored -inf, as candidates come before blocked keys. The ties are looked for in
+        # column windows from the row's start, each 4x wider than the last, until every row has
+        # its slots filled: where ties are many (a sparse scorer's zeros) the first window
+        # serves, instead of a pass over whole rows.
         rows = redo.nonzero().squeeze(1)
-        sub, kth_r = s[rows], kth[rows]
+        kth_r = kth[rows]
         sub_top, sub_idx = top[rows], idx[rows]
         n_above = (sub_top > kth_r).sum(1, keepdim=True)
-        tie = (sub == kth_r) & ~blocked[rows]
-        rank = tie.cumsum(1)
-        chosen = tie & (rank <= kk - n_above)
+        need = kk - n_above
         slot = torch.arange(kk, device=s.device).expand_as(sub_top)
         free = slot >= n_above
         sub_top = sub_top.masked_fill(free, float("-inf"))
         sub_idx = sub_idx.masked_fill(free, -1)
-        r_i, c_i = chosen.nonzero(as_tuple=True)
-        at = n_above[r_i, 0] + rank[r_i, c_i] - 1
-        sub_top[r_i, at] = kth_r[r_i, 0]
-        sub_idx[r_i, at] = c_i
+        found = torch.zeros_like(need)
+        active = torch.arange(rows.numel(), device=s.device)
+        start, width = 0, 256
+        while active.numel() and start < n_keys:
+            end = min(start + width, n_keys)
+            at_rows = rows[active]
+            tie = ((s[:, start:end].index_select(0, at_rows) == kth_r[active])
+                   & ~blocked[:, start:end].index_select(0, at_rows))
+            rank = tie.cumsum(1) + found[active]
+            a_i, c_i = (tie & (rank <= need[active])).nonzero(as_tuple=True)
+            r_i = active[a_i]
+            at = n_above[r_i, 0] + rank[a_i, c_i] - 1
+            sub_top[r_i, at] = kth_r[r_i, 0]
+            sub_idx[r_i, at] = start + c_i
+            found[active] += tie.sum(1, keepdim=True)
+            active = active[(found[active] < need[active]).squeeze(1)]
+            start, width = end, width * 4
         top[rows], idx[rows] = sub_top, sub_idx
     values[:, :kk] = top
     indices[:, :kk] = idx
