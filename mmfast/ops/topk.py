@@ -117,13 +117,18 @@ def _topk_of_scores_(
     if kk == 0 or n == 0:
         return values, indices
 
-    top, idx = torch.topk(s, kk, dim=1)
+    # One key more than asked: a tie straddles the k-th place exactly where the (k+1)-th
+    # score equals the k-th (no pass over the whole rows to count ties).
+    top, idx = torch.topk(s, kk + 1 if kk < n_keys else kk, dim=1)
+    straddles = top[:, kk] == top[:, kk - 1] if kk < n_keys else torch.zeros_like(top[:, 0],
+                                                                                 dtype=torch.bool)
+    top, idx = top[:, :kk], idx[:, :kk]
     kth = top[:, -1:]
     # Put equal scores in index order: sort by index, then stable-sort by score.
     idx, perm = idx.sort(dim=1)
     top, perm = top.gather(1, perm).sort(dim=1, descending=True, stable=True)
     idx = idx.gather(1, perm)
-    redo = ((s == kth).sum(1) != (top == kth).sum(1)) | (kth[:, 0] == float("-inf"))
+    redo = straddles | (kth[:, 0] == float("-inf"))
     if bool(redo.any()):
         # Keys scoring above the k-th are all in the set already (a prefix of the sorted row);
         # the slots after them go to the keys tied at the k-th score in index order, then to
