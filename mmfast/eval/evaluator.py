@@ -48,11 +48,12 @@ def is_sparse(*tables: torch.Tensor | None) -> bool:
 
 def sparse_inner_products(user_emb: torch.Tensor, item_emb: torch.Tensor) -> ScoreFn:
     """``users -> <user_emb[u], item_emb[i]>`` for every item, [len(users), n_items], where
-    either table may be a torch sparse matrix (COO or CSR; the other dense). For models whose
-    vectors are sparse and as wide as the catalogue, e.g. ItemKNNCBF: user u = row u of R,
-    item i = column i of S, so the inner product is (R S)_ui. A batch's user rows are
-    densified (as large as its scores), the item table multiplies them sparse x dense; no
-    users x items or items x items matrix is formed beyond one batch's scores."""
+    either table or both may be torch sparse matrices (COO or CSR). For models whose vectors
+    are sparse and as wide as the catalogue, e.g. ItemKNNCBF: user u = row u of R, item i =
+    column i of S, so the inner product is (R S)_ui. Both sparse: the batch's rows of R times
+    S, sparse x sparse, densified; one sparse: a batch's user rows are densified (as large as
+    its scores) and multiplied sparse x dense. No users x items or items x items matrix is
+    formed beyond one batch's scores."""
     if user_emb.layout != torch.strided:
         user_csr = user_emb.to_sparse_csr() if user_emb.layout != torch.sparse_csr else user_emb
         rowptr, col, val = (user_csr.crow_indices(), user_csr.col_indices(),
