@@ -4,7 +4,9 @@ AlignRec's purifier, alignment losses and stage-1 aligner,
 modality fusion, SEA's separate learning and CLUB q-net, FREEDOM's edge pruning, BPR; for the
 MMRec baselines: message passing with learnable edge weights (GRCN), hypergraphs (LGMRec),
 LATTICE's learned item graph, DualGNN/DRAGON's sampled user-user aggregation, dropout and
-masking views (SLMRec, BM3), SelfCF's random-rate edge dropout, and the visual/textual roles of a dataset's modalities."""
+masking views (SLMRec, BM3), SelfCF's random-rate edge dropout, DA-MRS's neighbour
+discrimination in row blocks (``mmfast.nn.neighbor_discrimination``), and the visual/textual
+roles of a dataset's modalities."""
 from mmfast.nn.alignment import (
     BehaviorPurifier,
     ContentAligner,
