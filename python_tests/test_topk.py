@@ -456,6 +456,18 @@ def brute_topk_of_scores(scores: torch.Tensor, k: int, rowptr=None, col=None):
             torch.tensor(indices, dtype=torch.int64).reshape(len(values), k))
 
 
+def assert_topk_of_scores_matches_brute(scores: torch.Tensor, k: int, rows: list) -> None:
+    """``topk_of_scores`` equals the brute force without an exclude and with the exclude CSR
+    whose row r lists ``rows[r]``."""
+    rowptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    col = torch.tensor([c for r in rows for c in r], dtype=torch.int64)
+    for exclude in (None, (rowptr, col)):
+        got_v, got_i = ops.topk_of_scores(scores, k, exclude)
+        want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
+        assert torch.equal(got_i, want_i)
+        torch.testing.assert_close(got_v, want_v)
+
+
 @pytest.mark.parametrize("k", [1, 5, 12, 40])
 def test_topk_of_scores_ties_go_to_the_smaller_index(k):
     """Scores with many ties (small integers, many zeros as ItemKNNCBF's), -inf scores, NaNs,
@@ -472,13 +484,7 @@ def test_topk_of_scores_ties_go_to_the_smaller_index(k):
                                                                               generator=gen))].tolist())
             for _ in range(n)]
     rows[5] = list(range(n_keys))  # everything excluded
-    rowptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
-    col = torch.tensor([c for r in rows for c in r], dtype=torch.int64)
-    for exclude in (None, (rowptr, col)):
-        got_v, got_i = ops.topk_of_scores(scores, k, exclude)
-        want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
-        assert torch.equal(got_i, want_i)
-        torch.testing.assert_close(got_v, want_v)
+    assert_topk_of_scores_matches_brute(scores, k, rows)
 
 
 @pytest.mark.parametrize("tie_rate", [0.001, 0.02, 0.9])
@@ -496,10 +502,4 @@ def test_topk_of_scores_wide_rows_sparse_and_dense_ties(tie_rate):
     scores[1, 2900:] = 0.0  # few candidates, all far along the row
     scores[2, 2990:] = NEG_INF
     rows = [sorted(torch.randperm(n_keys, generator=gen)[:50].tolist()) for _ in range(n)]
-    rowptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
-    col = torch.tensor([c for r in rows for c in r], dtype=torch.int64)
-    for exclude in (None, (rowptr, col)):
-        got_v, got_i = ops.topk_of_scores(scores, k, exclude)
-        want_v, want_i = brute_topk_of_scores(scores, k, *(exclude or (None, None)))
-        assert torch.equal(got_i, want_i)
-        torch.testing.assert_close(got_v, want_v)
+    assert_topk_of_scores_matches_brute(scores, k, rows)

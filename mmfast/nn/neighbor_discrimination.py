@@ -110,7 +110,6 @@ class _BlockedNeighborDiscrimination(torch.autograd.Function):
             w = weights.to(h_t.dtype) / weights.sum()
         grads = [torch.zeros_like(h) for h in hs]
         total = torch.zeros((), dtype=h_t.dtype, device=h_t.device)
-        scratch = None
         for start in range(0, b, block_rows):
             rows = items[start:start + block_rows]
             wb = w[start:start + block_rows]
@@ -118,8 +117,7 @@ class _BlockedNeighborDiscrimination(torch.autograd.Function):
             a = [h.index_select(0, rows) for h in hs]  # [r, d]
             cos = [ai @ h.T for ai, h in zip(a, hs)]  # [r, n]
             prob = [torch.softmax(c, dim=1) for c in cos]
-            if scratch is None or scratch.shape != prob[0].shape:
-                scratch = torch.empty_like(prob[0])
+            scratch = torch.empty_like(prob[0])  # the block's no-grad sums, reused per target
             for target, o1, o2 in ORDER:
                 multi, single = _pseudo_positives(prob[target], prob[o1], prob[o2], k, scratch)
                 e = torch.exp(cos[target] / temperature)

@@ -119,10 +119,13 @@ def _topk_of_scores_(
 
     # One key more than asked: a tie straddles the k-th place exactly where the (k+1)-th
     # score equals the k-th (no pass over the whole rows to count ties).
-    top, idx = torch.topk(s, kk + 1 if kk < n_keys else kk, dim=1)
-    straddles = top[:, kk] == top[:, kk - 1] if kk < n_keys else torch.zeros_like(top[:, 0],
-                                                                                 dtype=torch.bool)
-    top, idx = top[:, :kk], idx[:, :kk]
+    extra = kk < n_keys
+    top, idx = torch.topk(s, kk + int(extra), dim=1)
+    if extra:
+        straddles = top[:, kk] == top[:, kk - 1]
+        top, idx = top[:, :kk], idx[:, :kk]
+    else:  # every key is in the set: no tie can be left out
+        straddles = torch.zeros(n, dtype=torch.bool, device=s.device)
     kth = top[:, -1:]
     # Put equal scores in index order: sort by index, then stable-sort by score.
     idx, perm = idx.sort(dim=1)
